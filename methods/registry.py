@@ -1,0 +1,47 @@
+"""One registry of short method names, resolved lazily to `module:Class` so that importing it stays light.
+
+A user's own method needs no edit here: name it in a study config as `my_package.my_module:MyMethod`.
+
+    cls = resolve("steering")                 # methods.steering:Steering, imported on first use
+    resolve("my_pkg.methods:ShinyMethod")     # any importable class satisfying methods.base.Method
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from study.errors import UserError
+
+REGISTRY: dict[str, str] = {
+    "none": "methods.none:NoMethod",
+    "prompting": "methods.prompting:Prompting",
+}
+
+
+def available() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def resolve(name: str) -> type:
+    """The method class for a short name or a `module:Class` path; a clear UserError otherwise."""
+    if "+" in name:
+        raise UserError(f"method '{name}': a stacked method is resolved part by part (split it on '+')")
+    path = REGISTRY.get(name)
+    if path is None:
+        if ":" not in name:
+            raise UserError(f"unknown method '{name}'; valid: {', '.join(available())} "
+                            f"(or a 'module:Class' path to your own)")
+        path = name
+    module_name, _, class_name = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(f"method '{name}': cannot import module '{module_name}' ({exc})") from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise UserError(f"method '{name}': module '{module_name}' has no class '{class_name}'")
+    missing = [a for a in ("name", "Config", "fit") if not hasattr(cls, a)]
+    if missing:
+        raise UserError(f"method '{name}': {path} does not satisfy the Method protocol (missing "
+                        f"{', '.join(missing)}; see methods/base.py)")
+    return cls

@@ -1,0 +1,84 @@
+"""Study configuration: YAML into typed dataclasses; overrides; bad input exits 2 with one line and writes nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from study.config import apply_overrides, list_configs
+from study.errors import ConfigError, UserError
+from study.schema import StudyConfig, load_study
+
+STUDY = [sys.executable, "-m", "study.cli"]
+
+
+def test_named_configs_load_and_overrides_apply():
+    assert {"default", "micro"} <= set(list_configs())
+    cfg = load_study("default")
+    assert isinstance(cfg, StudyConfig) and cfg.name == "default"
+    cfg2 = load_study("default", ["organism.world.sharing=0.7", "organism.train.steps=10"])
+    assert cfg2.organism.world.sharing == 0.7 and cfg2.organism.train.steps == 10
+    assert cfg.organism.key() != cfg2.organism.key()
+    assert load_study("default").organism.key() == cfg.organism.key()  # the cache key is stable
+
+
+def test_int_is_accepted_for_float_but_not_the_reverse(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("organism:\n  world:\n    sharing: 1\n")
+    assert load_study(str(p)).organism.world.sharing == 1.0
+    p.write_text("organism:\n  train:\n    steps: 1.5\n")
+    with pytest.raises(ConfigError, match="organism.train.steps"):
+        load_study(str(p))
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("organism:\n  world:\n    sharing: [1\n", "malformed YAML"),
+    ("organism:\n  wrld: {}\n", "organism.wrld"),
+    ("organism:\n  world:\n    sharing: high\n", "organism.world.sharing"),
+    ("organism:\n  train:\n    batch_size: -4\n", "organism.train.batch_size"),
+    ("- just\n- a list\n", "mapping"),
+])
+def test_bad_config_errors_name_file_and_field(tmp_path, body, needle):
+    p = tmp_path / "bad.yaml"
+    p.write_text(body)
+    with pytest.raises(UserError) as exc:
+        load_study(str(p))
+    msg = str(exc.value)
+    assert needle in msg and str(p) in msg and "\n" not in msg
+
+
+def test_override_syntax_errors():
+    with pytest.raises(UserError, match="key=value"):
+        apply_overrides({}, ["no-equals-sign"])
+    with pytest.raises(UserError, match="not a section"):
+        apply_overrides({"a": 1}, ["a.b=2"])
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("organism:\n  world: {sharing: [1\n", "malformed YAML"),
+    ("organism:\n  color: blue\n", "organism.color"),
+    ("organism:\n  model:\n    num_layers: four\n", "organism.model.num_layers"),
+    ("organism:\n  train:\n    steps: -1\n", "organism.train.steps"),
+])
+def test_cli_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path, body, needle):
+    p = tmp_path / "bad.yaml"
+    p.write_text(body)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "RLHF_VS_STEERING_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    before = sorted(os.listdir(tmp_path))
+    r = subprocess.run(STUDY + ["organism", "--config", str(p), "--json"], capture_output=True, text=True, env=env,
+                       cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0] and str(p) in lines[0], r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    assert sorted(os.listdir(tmp_path)) == before and not cache.exists()
+
+
+def test_cli_unknown_config_name(tmp_path):
+    r = subprocess.run(STUDY + ["organism", "--config", "nonexistent"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and "no such config file" in r.stderr and "default" in r.stderr

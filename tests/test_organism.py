@@ -1,0 +1,71 @@
+"""The organism: tokenizer, deterministic pretraining, the cache, the convergence check, and `study organism`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from study.errors import UserError
+from study.organism.pretrain import MICRO, OrganismConfig, PretrainConfig, build_tokenizer, load_organism, \
+    organism_dir
+from study.organism.world import World
+
+TINY = dataclasses.replace(MICRO, train=dataclasses.replace(MICRO.train, steps=12, eval_docs=50, max_gap=10.0))
+
+
+def test_tokenizer_has_one_token_per_world_word_and_round_trips():
+    world = World(MICRO.world)
+    tok = build_tokenizer(world)
+    text = "review of hotel : the bed was cozy . the pool was spacious !"
+    ids = tok(text)["input_ids"]
+    assert ids[0] == tok.bos_token_id and len(ids) == len(text.split()) + 1
+    assert tok.unk_token_id not in ids
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    assert all(tok.convert_tokens_to_ids(w) != tok.unk_token_id for w in world.vocabulary())
+
+
+def test_pretraining_is_deterministic_and_cached(tmp_path):
+    a, _ = load_organism(TINY, cache_dir=tmp_path / "a")
+    b, _ = load_organism(TINY, cache_dir=tmp_path / "b")
+    for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(pa, pb), name
+    path = organism_dir(TINY, tmp_path / "a")
+    assert (path / "model.safetensors").is_file() and not list(path.glob("*.bin"))
+    info = json.loads((path / "organism.json").read_text())
+    assert info["params"] == sum(p.numel() for p in a.parameters())
+    assert info["entropy_floor"] > 0 and info["heldout_loss"] > info["entropy_floor"] - 0.02
+    mtime = (path / "model.safetensors").stat().st_mtime
+    load_organism(TINY, cache_dir=tmp_path / "a")  # from the cache: nothing rewritten
+    assert (path / "model.safetensors").stat().st_mtime == mtime
+    other = dataclasses.replace(TINY, world=dataclasses.replace(TINY.world, sharing=0.9))
+    assert organism_dir(other, tmp_path / "a") != path
+
+
+def test_an_organism_that_stalled_above_the_floor_is_refused(tmp_path):
+    stalled = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, steps=2, max_gap=0.01))
+    with pytest.raises(UserError, match="entropy floor"):
+        load_organism(stalled, cache_dir=tmp_path)
+
+
+def test_cli_organism_json(tmp_path, monkeypatch):
+    env = {**os.environ, "RLHF_VS_STEERING_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "study.cli", "organism", "--config", "micro", "--json", "--set",
+           "organism.train.steps=40", "--samples", "40", "--prompts", "4"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    for key in ("params", "pretrain_seconds", "fluency", "base_rates", "samples", "heldout_loss", "entropy_floor"):
+        assert key in out
+    world = World(MICRO.world)
+    assert set(out["base_rates"]) == {"sentiment", "sycophancy", "refusal"}
+    assert set(out["base_rates"]["sentiment"]) == set(world.contexts)
+    assert 0.0 <= out["fluency"] <= 1.0 and out["samples"]
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert json.loads(again.stdout)["pretrain_seconds"] == out["pretrain_seconds"]  # loaded, not retrained
+    assert sorted(os.listdir(tmp_path)) == ["cache"]  # nothing written outside the named cache
