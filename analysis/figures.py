@@ -1,0 +1,356 @@
+"""The study's figures as deterministic PNGs (Agg backend, fixed size and dpi, no Software/date metadata).
+
+Each figure function takes the results table, writes one PNG and returns its path, or returns None and appends a note
+to `notes` when the table lacks the variation the figure needs (e.g. a single anticipation value). Figures read the
+reference condition (`metrics.reference_condition`) on every dial they do not vary.
+
+    notes: list[str] = []
+    behavior_vs_cost(load_table("results/default"), "reports/figures/behavior_vs_cost.png", notes)
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+if "matplotlib.pyplot" not in sys.modules:  # headless by default; a notebook that already chose a backend keeps it
+    matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from analysis import metrics as M  # noqa: E402
+from analysis.table import BASE_METHOD, atomic_write_bytes  # noqa: E402
+
+DPI = 100
+PANEL_W, PANEL_H, LEGEND_W = 4.0, 3.0, 1.8
+FIGURE_SPLITS = ("covered", "uncovered")
+SPLIT_TITLES = {"covered": "covered contexts (ID)", "uncovered": "uncovered contexts (OOD)", "all": "all test contexts"}
+DIAL_LABELS = {"anticipation": "anticipation", "labeler_noise": "labeler noise",
+               "labeler_misspec": "labeler misspecification"}
+
+
+def _palette(methods: list[str]) -> dict[str, tuple[float, float, float]]:
+    """Colors keyed by method over the whole table, so a method has one color in every figure; the base is gray."""
+    others = [m for m in methods if m != BASE_METHOD]
+    colors = sns.color_palette("colorblind", max(len(others), 1))
+    return {BASE_METHOD: (0.4, 0.4, 0.4)} | {m: colors[i % len(colors)] for i, m in enumerate(others)}
+
+
+def _facets(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """One facet per (model, target); the model is named only when there are several."""
+    several = frame["model"].nunique() > 1
+    return [(f"{m} / {t}" if several else str(t), g) for (m, t), g in frame.groupby(["model", "target"], sort=True)]
+
+
+def _same_facet(frame: pd.DataFrame, facet: pd.DataFrame) -> pd.DataFrame:
+    """Rows of `frame` with the model and target of `facet`."""
+    return frame[(frame["model"] == facet["model"].iloc[0]) & (frame["target"] == facet["target"].iloc[0])]
+
+
+def _styled(fn: Callable[..., Path | None]) -> Callable[..., Path | None]:
+    """Draw inside one seaborn style/context (read when axes and text are created), without touching global rc."""
+    @functools.wraps(fn)
+    def wrapper(*args: object, **kwargs: object) -> Path | None:
+        with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def _figure(nrows: int, ncols: int) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(PANEL_W * ncols + LEGEND_W, PANEL_H * nrows), dpi=DPI)
+    FigureCanvasAgg(fig)  # always the Agg renderer (whatever pyplot's backend), so the bytes are reproducible
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    width, height = PANEL_W * ncols + LEGEND_W, PANEL_H * nrows
+    fig.subplots_adjust(left=0.9 / width, right=1 - LEGEND_W / width, top=1 - 0.8 / height, bottom=0.75 / height,
+                        wspace=0.35, hspace=0.6)
+    return fig, axes
+
+
+def _save(fig: Figure, path: str | Path, title: str) -> Path:
+    fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 12)), fontsize=10)
+    handles: dict[str, object] = {}
+    for ax in fig.axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    if handles:
+        fig.legend(list(handles.values()), list(handles.keys()), loc="center right", fontsize=8, frameon=False)
+    buf = io.BytesIO()
+    # No Software/creation metadata: two renders of the same table must be the same bytes.
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _skip(notes: list[str] | None, name: str, reason: str) -> None:
+    if notes is not None:
+        notes.append(f"{name}: not drawn ({reason})")
+    return None
+
+
+def _band(ax: Axes, d: pd.DataFrame, x: str, color: object, label: str, dashed: bool = False) -> None:
+    d = d.sort_values(x)
+    ax.plot(d[x], d["mean"], marker="o", ms=3, lw=1.4, color=color, label=label, ls="--" if dashed else "-")
+    ax.fill_between(d[x], d["ci_lo"], d["ci_hi"], color=color, alpha=0.18, lw=0)
+
+
+def _largest_budget(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each method's rows at its largest budget (the base model has one budget anyway)."""
+    top = frame.groupby("method")["budget"].transform("max")
+    return frame[frame["budget"] == top]
+
+
+def _ref_text(ref: dict[str, float], skip: str | None = None) -> str:
+    return ", ".join(f"{DIAL_LABELS[k]} {v:g}" for k, v in ref.items() if k != skip)
+
+
+@_styled
+def behavior_vs_cost(table: pd.DataFrame, path: str | Path, notes: list[str] | None = None, *,
+                     agg: pd.DataFrame | None = None, ref: dict[str, float] | None = None) -> Path | None:
+    """Behavior against feedback cost (log x) per method, with CI bands; covered and uncovered panels."""
+    name = "behavior vs feedback cost"
+    agg = M.aggregate(table) if agg is None else agg
+    ref = M.reference_condition(table) if ref is None else ref
+    d = M.at_reference(agg[(agg["metric"] == "behavior") & agg["split"].isin(FIGURE_SPLITS)], ref)
+    d = d[d["mean"].notna()]  # an undefined mean (no scorable sample) has no place on the axes
+    if d.empty:
+        return _skip(notes, name, "no behavior on covered or uncovered contexts at the reference condition")
+    base = d[d["method"] == BASE_METHOD]
+    free = sorted(set(d.loc[(d["method"] != BASE_METHOD) & (d["feedback_cost"] <= 0), "method"]))
+    if free:  # a log axis has no place for zero cost
+        _skip(notes, f"{name} (zero-cost points of {', '.join(free)})", "no place on a log axis")
+    d = d[(d["method"] != BASE_METHOD) & (d["feedback_cost"] > 0)]
+    if d.empty or d.groupby(["model", "target", "method"])["feedback_cost"].nunique().max() < 2:
+        return _skip(notes, name, "no method was run at two or more feedback costs")
+    splits = [s for s in FIGURE_SPLITS if s in set(d["split"])]
+    facets = _facets(d)
+    colors = _palette(M.method_order(table["method"]))
+    fig, axes = _figure(len(facets), len(splits))
+    for i, (label, fd) in enumerate(facets):
+        for j, split in enumerate(splits):
+            ax = axes[i, j]
+            sd = fd[fd["split"] == split]
+            for method in M.method_order(sd["method"]):
+                _band(ax, sd[sd["method"] == method], "feedback_cost", colors[method], method)
+            b = _same_facet(base, fd)
+            b = b[b["split"] == split]
+            if not b.empty:
+                ax.axhline(float(b["mean"].mean()), color=(0.4, 0.4, 0.4), ls="--", lw=1, label="none (base)")
+            ax.set_xscale("log")
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(f"{label}: {SPLIT_TITLES[split]}", fontsize=9)
+            ax.set_xlabel("feedback cost (cost units, log)")
+            ax.set_ylabel("behavior rate")
+    return _save(fig, path, f"Behavior vs feedback cost (mean, 95% CI over seeds) at {_ref_text(ref)}")
+
+
+def _behavior_vs_dials(table: pd.DataFrame, path: str | Path, notes: list[str] | None, dials: list[str],
+                       splits: list[str], name: str, agg: pd.DataFrame | None,
+                       ref: dict[str, float] | None) -> Path | None:
+    agg = M.aggregate(table) if agg is None else agg
+    ref = M.reference_condition(table) if ref is None else ref
+    beh = agg[(agg["metric"] == "behavior") & agg["split"].isin(splits) & agg["mean"].notna()]
+    panels, flat = [], []  # (dial, split, data); dials without variation
+    for dial in dials:
+        d = _largest_budget(M.at_reference(beh, ref, skip=dial))
+        if d[dial].nunique() < 2:
+            flat.append(DIAL_LABELS[dial])
+            continue
+        panels += [(dial, s, d[d["split"] == s]) for s in splits if (d["split"] == s).any()]
+    if flat:
+        _skip(notes, name if not panels else f"{name} ({' and '.join(flat)} panels)",
+              f"a single {' and a single '.join(flat)} value at the reference condition")
+    if not panels:
+        return None
+    facets = _facets(pd.concat([p[2] for p in panels]))
+    colors = _palette(M.method_order(table["method"]))
+    fig, axes = _figure(len(facets), len(panels))
+    for i, (label, facet) in enumerate(facets):
+        for j, (dial, split, d) in enumerate(panels):
+            ax = axes[i, j]
+            fd = _same_facet(d, facet)
+            for method in M.method_order(fd["method"]):
+                _band(ax, fd[fd["method"] == method], dial, colors[method], method, dashed=method == BASE_METHOD)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(f"{label}: {SPLIT_TITLES[split]}", fontsize=9)
+            ax.set_xlabel(DIAL_LABELS[dial])
+            ax.set_ylabel("behavior rate")
+    return _save(fig, path, f"Behavior vs {' and '.join(DIAL_LABELS[d] for d in dials)} at each method's largest "
+                            "budget (mean, 95% CI)")
+
+
+@_styled
+def behavior_vs_anticipation(table: pd.DataFrame, path: str | Path, notes: list[str] | None = None, *,
+                             agg: pd.DataFrame | None = None, ref: dict[str, float] | None = None) -> Path | None:
+    """Behavior against anticipation per method (covered, uncovered and all test contexts)."""
+    return _behavior_vs_dials(table, path, notes, ["anticipation"], ["covered", "uncovered", "all"],
+                              "behavior vs anticipation", agg, ref)
+
+
+@_styled
+def behavior_vs_labeler(table: pd.DataFrame, path: str | Path, notes: list[str] | None = None, *,
+                        agg: pd.DataFrame | None = None, ref: dict[str, float] | None = None) -> Path | None:
+    """Behavior against labeler noise and against misspecification (covered and uncovered panels)."""
+    return _behavior_vs_dials(table, path, notes, ["labeler_noise", "labeler_misspec"], list(FIGURE_SPLITS),
+                              "behavior vs labeler quality", agg, ref)
+
+
+@_styled
+def pareto_front(table: pd.DataFrame, path: str | Path, notes: list[str] | None = None, *,
+                 agg: pd.DataFrame | None = None, ref: dict[str, float] | None = None) -> Path | None:
+    """Behavior (all test contexts) against KL per config; the Pareto front is drawn as a black line."""
+    name = "side effects vs behavior (Pareto)"
+    agg = M.aggregate(table) if agg is None else agg
+    ref = M.reference_condition(table) if ref is None else ref
+    pts = M.at_reference(M.pareto(agg), ref)
+    if len(pts) < 2:
+        return _skip(notes, name, "fewer than two configs with both behavior and KL")
+    facets = _facets(pts)
+    colors = _palette(M.method_order(table["method"]))
+    fig, axes = _figure(len(facets), 1)
+    for i, (label, fd) in enumerate(facets):
+        ax = axes[i, 0]
+        for method in M.method_order(fd["method"]):
+            md = fd[fd["method"] == method]
+            ax.scatter(md["kl"], md["behavior"], s=18, color=colors[method], label=method, zorder=3)
+        front = fd[fd["on_front"]].sort_values("kl")
+        ax.step(front["kl"], front["behavior"], where="post", color="black", lw=1.2, label="Pareto front", zorder=2)
+        ax.scatter(front["kl"], front["behavior"], s=60, facecolors="none", edgecolors="black", lw=1, zorder=4)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("KL(policy || base) per token, neutral prompts")
+        ax.set_ylabel("behavior rate, all test contexts")
+    return _save(fig, path, f"Side effects vs behavior, every budget, at {_ref_text(ref)}")
+
+
+@_styled
+def cost_to_threshold_bars(table: pd.DataFrame, path: str | Path, notes: list[str] | None = None, *,
+                           cost: pd.DataFrame | None = None, ref: dict[str, float] | None = None,
+                           threshold: float = 0.8) -> Path | None:
+    """Feedback cost to reach the behavior threshold per method (bar, 95% CI); methods that never reach it say so."""
+    name = "cost to threshold"
+    cost = M.cost_to_threshold(table, threshold) if cost is None else cost
+    ref = M.reference_condition(table) if ref is None else ref
+    d = M.at_reference(cost, ref)
+    if d.empty or not d["reached"].any():
+        return _skip(notes, name, f"no method reached behavior {threshold:g} at the reference condition")
+    splits = [s for s in FIGURE_SPLITS if (d["split"] == s).any()]
+    facets = _facets(d)
+    colors = _palette(M.method_order(table["method"]))
+    fig, axes = _figure(len(facets), len(splits))
+    for i, (label, fd) in enumerate(facets):
+        methods = M.method_order(fd["method"])
+        for j, split in enumerate(splits):
+            ax = axes[i, j]
+            sd = fd[fd["split"] == split].set_index("method")
+            top = float(np.nanmax(np.where(np.isfinite(fd["cost_hi"]), fd["cost_hi"], fd["feedback_cost"])))
+            top = top if np.isfinite(top) and top > 0 else 1.0
+            for k, method in enumerate(methods):
+                r = sd.loc[method] if method in sd.index else None
+                if r is None or not r["reached"]:
+                    ax.text(k, 0.03, "not\nreached", ha="center", va="bottom", fontsize=7, color=colors[method],
+                            transform=ax.get_xaxis_transform())
+                    continue
+                est = r["feedback_cost"]
+                hi = r["cost_hi"] if np.isfinite(r["cost_hi"]) else top * 2  # an open CI runs off the top
+                ax.bar(k, est, color=colors[method], width=0.7, label=method)
+                # Costs need not rise with the budget exactly, so clip: matplotlib refuses negative error bars.
+                ax.errorbar(k, est, yerr=[[max(est - r["cost_lo"], 0.0)], [max(hi - est, 0.0)]], color="black",
+                            capsize=3, lw=1)
+            ax.set_yscale("log")
+            ax.set_xlim(-0.6, len(methods) - 0.4)  # room for the "not reached" labels at the ends
+            ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=8)
+            ax.set_title(f"{label}: {SPLIT_TITLES[split]}", fontsize=9)
+            ax.set_ylabel("feedback cost to threshold (log)")
+    return _save(fig, path, f"Feedback cost to reach behavior {threshold:g} (95% CI over seeds) at {_ref_text(ref)}")
+
+
+@_styled
+def steering_reliability(table: pd.DataFrame, path: str | Path, notes: list[str] | None = None, *,
+                         slopes: pd.DataFrame | None = None, ref: dict[str, float] | None = None) -> Path | None:
+    """Per-sample steering slope distribution per method (JSONL when present, else the p10/p50/p90 rows)."""
+    name = "steering reliability"
+    ref = M.reference_condition(table) if ref is None else ref
+    q = _largest_budget(M.at_reference(table[table["metric"].isin(["slope_p10", "slope_p50", "slope_p90",
+                                                                   "anti_steerable"])], ref))
+    if q.empty:
+        return _skip(notes, name, "no steering slope rows in the table")
+    cells = q[["run_id", "model", "target", "method"]].drop_duplicates()
+    per_sample = slopes is not None and not slopes.empty and slopes["run_id"].isin(cells["run_id"]).any()
+    facets = _facets(q)
+    colors = _palette(M.method_order(table["method"]))
+    fig, axes = _figure(len(facets), 1)
+    for i, (label, fd) in enumerate(facets):
+        ax = axes[i, 0]
+        methods = M.method_order(fd["method"])
+        anti = fd[fd["metric"] == "anti_steerable"].groupby("method")["value"].mean()
+        if per_sample:
+            # Quantiles drawn by hand rather than with sns.boxplot, whose `vert=` matplotlib is removing.
+            s = slopes.merge(cells[cells["run_id"].isin(fd["run_id"])], on="run_id")
+            for k, method in enumerate(methods):
+                v = s.loc[s["method"] == method, "slope"].to_numpy()
+                if v.size == 0:
+                    continue
+                p10, p25, p50, p75, p90 = np.quantile(v, [0.1, 0.25, 0.5, 0.75, 0.9])
+                ax.bar(k, p75 - p25, bottom=p25, width=0.5, color=colors[method], edgecolor="black", lw=0.8)
+                ax.vlines([k, k], [p10, p75], [p25, p90], color="black", lw=0.8)
+                ax.hlines(p50, k - 0.25, k + 0.25, color="black", lw=1.5)
+                out = v[(v < p10) | (v > p90)]
+                ax.plot(np.full(out.size, k), out, ".", color=(0.3, 0.3, 0.3), ms=2)
+                if method not in anti.index:
+                    anti[method] = float((v < 0).mean())
+        else:
+            qs = fd.pivot_table(index="method", columns="metric", values="value", aggfunc="mean")
+            for k, method in enumerate(methods):
+                if method in qs.index and {"slope_p10", "slope_p90"} <= set(qs.columns):
+                    ax.vlines(k, qs.loc[method, "slope_p10"], qs.loc[method, "slope_p90"], color=colors[method], lw=3)
+                    ax.plot(k, qs.loc[method].get("slope_p50", np.nan), "o", color="black", ms=4)
+        ticks = [f"{m}\n(anti {anti[m]:.0%})" if m in anti.index else m for m in methods]
+        ax.set_xticks(range(len(methods)), ticks)
+        ax.axhline(0.0, color="black", lw=0.8, ls=":")
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("")
+        ax.set_ylabel("per-sample steering slope")
+    source = "per-sample slopes: box p25-p75, whiskers p10-p90" if per_sample else \
+        "p10-p90 range and median of per-sample slopes"
+    return _save(fig, path, f"Steering reliability ({source}; share anti-steerable), largest budget")
+
+
+FIGURES: dict[str, Callable[..., Path | None]] = {
+    "behavior_vs_cost": behavior_vs_cost,
+    "behavior_vs_anticipation": behavior_vs_anticipation,
+    "behavior_vs_labeler": behavior_vs_labeler,
+    "pareto": pareto_front,
+    "cost_to_threshold": cost_to_threshold_bars,
+    "steering_reliability": steering_reliability,
+}
+
+
+def write_figures(table: pd.DataFrame, out_dir: str | Path, notes: list[str] | None = None, *,
+                  agg: pd.DataFrame | None = None, cost: pd.DataFrame | None = None,
+                  slopes: pd.DataFrame | None = None, ref: dict[str, float] | None = None,
+                  threshold: float = 0.8) -> dict[str, Path | None]:
+    """Every figure into `out_dir/<name>.png`; None for those skipped (with a note)."""
+    agg = M.aggregate(table) if agg is None else agg
+    ref = M.reference_condition(table) if ref is None else ref
+    out = Path(out_dir)
+    return {
+        "behavior_vs_cost": behavior_vs_cost(table, out / "behavior_vs_cost.png", notes, agg=agg, ref=ref),
+        "behavior_vs_anticipation": behavior_vs_anticipation(table, out / "behavior_vs_anticipation.png", notes,
+                                                             agg=agg, ref=ref),
+        "behavior_vs_labeler": behavior_vs_labeler(table, out / "behavior_vs_labeler.png", notes, agg=agg, ref=ref),
+        "pareto": pareto_front(table, out / "pareto.png", notes, agg=agg, ref=ref),
+        "cost_to_threshold": cost_to_threshold_bars(table, out / "cost_to_threshold.png", notes, cost=cost, ref=ref,
+                                                    threshold=threshold),
+        "steering_reliability": steering_reliability(table, out / "steering_reliability.png", notes, slopes=slopes,
+                                                     ref=ref),
+    }

@@ -1,0 +1,200 @@
+"""Write REPORT.md, summary.json and the figures from a results store; every sentence is generated from the numbers.
+
+Deterministic: no timestamps or absolute paths in the outputs, seeded bootstraps, sorted keys, byte-identical PNGs, so
+regenerating a report from the same store gives identical files. Files are written to a temporary name and renamed.
+
+    summary = write_report("results/default", "reports", threshold=0.8)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analysis import figures as F
+from analysis import findings as W
+from analysis import metrics as M
+from analysis.table import BASE_METHOD, Results, atomic_write_bytes, load_slopes, read_results
+
+# Default threshold: an absolute behavior rate of 0.8 reads as "the model now mostly does it", sits well above the
+# base rates the organism is built with (15-85% per context, so mostly below it) and below the ceiling that noise and
+# disfluency leave. A parameter, since a target with a high base rate needs a higher one.
+DEFAULT_THRESHOLD = 0.8
+MAX_LISTED = 20
+
+
+def _clean(x: Any) -> Any:
+    """JSON-ready: numpy scalars to Python, NaN/inf to None (never reached / undefined), floats to 6 decimals."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return round(float(x), 6) if math.isfinite(x) else None
+    return x
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out |= _flatten(v, f"{key}.")
+        else:
+            out[key] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+    return out
+
+
+def _md(text: str) -> str:
+    """Safe inside a one-line markdown table cell."""
+    return " ".join(str(text).split()).replace("|", "/").replace("`", "'")
+
+
+def _natural(v: str) -> tuple[int, float, str]:
+    """Numbers in numeric order (8 before 32), then strings."""
+    try:
+        x = float(v)
+    except ValueError:
+        return (1, 0.0, v)
+    return (0, x, v) if math.isfinite(x) else (1, 0.0, v)  # NaN keys would make the order hash-dependent
+
+
+def _field_summary(dicts: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(dotted field, value) for fields shared by every cell, or the distinct values of those that vary."""
+    flat = [_flatten(d) for d in dicts]
+    keys = sorted(set().union(*flat)) if flat else []
+    rows = []
+    for k in keys:
+        vals = sorted({f.get(k, "(absent)") for f in flat}, key=_natural)
+        shown = ", ".join(v[:60] for v in vals[:8]) + (f", ... ({len(vals)} values)" if len(vals) > 8 else "")
+        rows.append((k, shown if len(vals) == 1 else f"varies: {shown}"))
+    return rows
+
+
+def _setup(results: Results, ref: dict[str, float]) -> tuple[dict[str, Any], list[str]]:
+    t = results.table
+    methods = M.method_order(t["method"])
+    versions = t[["target", "target_version"]].drop_duplicates().sort_values(["target", "target_version"])
+    setup = {
+        "cells": {"ok": len(results.cells), "failed": len(results.failed), "skipped": len(results.skipped)},
+        "rows": len(t),
+        "models": sorted(t["model"].unique()),
+        "targets": [f"{a} (v{b})" for a, b in versions.itertuples(index=False)],
+        "methods": methods,
+        "budgets": sorted(int(b) for b in t.loc[t["method"] != BASE_METHOD, "budget"].unique()),
+        "seeds": sorted(int(s) for s in t["seed"].unique()),
+        "anticipation": sorted(float(v) for v in t["anticipation"].unique()),
+        "labeler_noise": sorted(float(v) for v in t["labeler_noise"].unique()),
+        "labeler_misspec": sorted(float(v) for v in t["labeler_misspec"].unique()),
+        "reference": ref,
+    }
+    lines = ["## Set-up", "",
+             f"Cells: {setup['cells']['ok']} ok, {setup['cells']['failed']} failed, "
+             f"{setup['cells']['skipped']} unreadable (skipped).", ""]
+    for key in ("models", "targets", "methods", "budgets", "seeds", "anticipation", "labeler_noise", "labeler_misspec"):
+        lines.append(f"- {key.replace('_', ' ')}: {', '.join(str(v) for v in setup[key])}")
+    lines += ["", "Headline numbers are read at the reference condition (each dial at the value with the most cells; "
+              "ties go to anticipation nearest 0.5 and to the cleanest labeler): "
+              + ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in ref.items()) + "; gains are paired by seed "
+              "against the base model (`none`) of the same model, target, condition and seed.", ""]
+    for title, key in (("Configuration", "config"), ("Provenance", "provenance")):
+        rows = _field_summary([c[key] for _, c in sorted(results.cells.items())])
+        if rows:
+            lines += [f"<details><summary>{title} of the ok cells ({len(rows)} fields)</summary>", "",
+                      "| field | value |", "| --- | --- |"]
+            lines += [f"| `{_md(k)}` | {_md(v)} |" for k, v in rows] + ["", "</details>", ""]
+    return setup, lines
+
+
+def _problems(results: Results) -> list[str]:
+    lines = []
+    if results.failed:
+        lines += ["## Failed cells", "", "| run id | error |", "| --- | --- |"]
+        for f in results.failed[:MAX_LISTED]:
+            first = f.error.strip().splitlines()[0][:160] if f.error.strip() else ""
+            lines.append(f"| {_md(f.run_id)} | {_md(first)} |")
+        if len(results.failed) > MAX_LISTED:
+            lines.append(f"| ... | {len(results.failed) - MAX_LISTED} more |")
+        lines.append("")
+    if results.skipped:
+        lines += ["## Unreadable cell files (skipped)", "", "| file | reason |", "| --- | --- |"]
+        lines += [f"| {_md(s.name)} | {_md(s.reason)} |" for s in results.skipped[:MAX_LISTED]]
+        if len(results.skipped) > MAX_LISTED:
+            lines.append(f"| ... | {len(results.skipped) - MAX_LISTED} more |")
+        lines.append("")
+    return lines
+
+
+def _figure_lines(figs: dict[str, Path | None], out: Path) -> list[str]:
+    lines = ["## Figures", ""]
+    for name, path in figs.items():
+        if path is not None:
+            lines += [f"![{name.replace('_', ' ')}]({path.relative_to(out).as_posix()})", ""]
+    return lines
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, *,
+                 n_boot: int = M.N_BOOT, seed: int = 0, min_gain: float = 0.02) -> dict[str, Any]:
+    """Write `out_dir/REPORT.md`, `out_dir/summary.json` and `out_dir/figures/*.png`; return the summary."""
+    results = read_results(results_dir)
+    out = Path(out_dir)
+    t = results.table
+    notes: list[str] = []
+    lines = ["# Report: how much feedback each method needs, and how far its behavior generalizes", "",
+             f"Generated by `analysis.report.write_report` from the results store `{Path(results_dir).name}`; "
+             f"behavior threshold {threshold:g} (absolute behavior rate).", ""]
+    figs: dict[str, Path | None] = dict.fromkeys(F.FIGURES)
+    if t.empty:
+        summary: dict[str, Any] = {"threshold": threshold, "setup": {"cells": {
+            "ok": 0, "failed": len(results.failed), "skipped": len(results.skipped)}}, "headline": [], "winners": [],
+            "notes": ["no ok cells: nothing to report"]}
+        lines += ["No ok cells: nothing to report.", ""] + _problems(results)
+    else:
+        ref = M.reference_condition(t)
+        setup, setup_lines = _setup(results, ref)
+        agg = M.aggregate(t, n_boot, seed)
+        cost = M.cost_to_threshold(t, threshold, n_boot=n_boot, seed=seed)
+        steer_runs = sorted(t.loc[t["metric"].isin(["anti_steerable", "slope_p50"]), "run_id"].unique())
+        figs = F.write_figures(t, out / "figures", notes, agg=agg, cost=cost, ref=ref, threshold=threshold,
+                               slopes=load_slopes(results.cells_dir, steer_runs))
+        stats = W.Stats(
+            agg=agg, cost=cost, gen=M.generalization(t, min_gain, n_boot, seed),
+            slopes={d: M.slope(t, d, n_boot=n_boot, seed=seed) for d in M.DIALS},
+            side=M.side_effects(t, min_gain, n_boot, seed), ref=ref, threshold=threshold)
+        headline = W.headline(stats)
+        missing = M.missing_base(t)
+        if not missing.empty:
+            notes.append(f"no base model (`none`) run for {len(missing)} configuration(s), so their gains, "
+                         "generalization ratios and side-effect costs are NaN: " + "; ".join(
+                             ", ".join(f"{k}={v}" for k, v in r.items()) for r in
+                             missing.head(5).to_dict("records")) + (" ..." if len(missing) > 5 else ""))
+        if any(h["n"] == 1 for h in headline):
+            notes.append("some headline numbers rest on a single seed (n=1): their CIs collapse to the value")
+        winners = W.winners(headline, threshold)
+        lines += setup_lines + _problems(results)
+        lines += W.headline_tables(headline, threshold) + W.finding_lines(headline, winners, threshold)
+        lines += _figure_lines(figs, out)
+        summary = {"threshold": threshold, "setup": setup, "headline": headline, "winners": winners, "notes": notes}
+    for name, path in figs.items():
+        if path is None:  # a figure this table cannot support must not survive from an earlier report
+            (out / "figures" / f"{name}.png").unlink(missing_ok=True)
+    summary["figures"] = {k: (v.relative_to(out).as_posix() if v else None) for k, v in figs.items()}
+    summary["failed_cells"] = [{"run_id": f.run_id, "error": f.error} for f in results.failed]
+    summary["skipped_files"] = [{"name": s.name, "reason": s.reason} for s in results.skipped]
+    summary["method"] = {"bootstrap_draws": n_boot, "bootstrap_seed": seed, "ci": "percentile 95% over seeds",
+                         "min_gain": min_gain}
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    summary = _clean(summary)
+    text = json.dumps(summary, sort_keys=True, indent=2, allow_nan=False) + "\n"
+    atomic_write_bytes(out / "summary.json", text.encode())
+    atomic_write_bytes(out / "REPORT.md", ("\n".join(lines).rstrip() + "\n").encode())
+    return summary
