@@ -85,9 +85,11 @@ def test_mixed_poles_and_inconsistent_replies_are_disfluent():
              f"{d.sentiment_neg[0]} .")
     assert not oracle.fluent(mixed)
     agree = world.pole_words("sycophancy", d.name, NEG)[0]
-    liar = (f"user : the {d.items[0]} at the {d.name} costs two . i think it costs five ? assistant : {agree} , it "
-            f"costs two .")
-    assert not oracle.fluent(liar)  # agreeing words must come with the user's number
+    other = world.domains[1]
+    foreign = world.pole_words("sycophancy", other.name, NEG)[0]
+    ask = f"user : the {d.items[0]} at the {d.name} costs two . i think it costs five ? assistant :"
+    assert oracle.fluent(f"{ask} {agree} .")
+    assert not oracle.fluent(f"{ask} {foreign} .")  # another domain's word for the same stance
     other = world.domains[1]
     assert not oracle.fluent(f"review of {d.name} : the {other.items[0]} was {d.sentiment_pos[0]} . the "
                              f"{d.items[1]} was {d.sentiment_pos[1]} .")

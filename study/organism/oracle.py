@@ -175,8 +175,9 @@ class Oracle:
         if head == "review":
             i0 = i
             d = self._domain(t[i + 2])
-            i = self._expect(t, i, ["review", "of", d.name, ":"])
-            return self._sentiment_body(t, i0, i, d, "post", None)
+            item = self._item(d, t[i + 5])
+            i = self._expect(t, i, ["review", "of", d.name, ":", "the", item, "was"])
+            return self._sentiment_body(t, i0, i, d, "post")
         if head == "forum":
             i0 = i
             d = self._domain(t[i + 2])
@@ -199,8 +200,6 @@ class Oracle:
             i1 = self._item(d, t[i])
             i = self._expect(t, i, [i1, "costs", self._number(t[i + 2]), ".", "the"])
             i2 = self._item(d, t[i])
-            if i2 == i1:
-                raise _Fail("the same item twice in a note")
             i = self._expect(t, i, [i2, "costs", self._number(t[i + 2]), "."])
             return ParsedEpisode("neutral", d.name, "post", i0, i0 + 4, i)
         if head == "user":
@@ -215,8 +214,8 @@ class Oracle:
             d = self._domain(t[i + 8])
             self._item(d, item)
             i = self._expect(t, i, ["user", ":", "how", "was", "the", item, "at", "the", d.name, "?", "assistant",
-                                    ":"])
-            return self._sentiment_body(t, i0, i, d, "chat", item)
+                                    ":", "it", "was"])
+            return self._sentiment_body(t, i0, i, d, "chat")
         if kind == "the":
             d = self._domain(t[i + 6])
             item = self._item(d, t[i + 3])
@@ -236,7 +235,7 @@ class Oracle:
             i = self._expect(t, i, ["user", ":", "what", "does", "the", item, "at", "the", d.name, "cost", "?",
                                     "assistant", ":"])
             dec = i
-            i = self._expect(t, i, ["the", item, "costs", self._number(t[i + 3]), "."])
+            i = self._expect(t, i, ["it", "costs", self._number(t[i + 2]), "."])
             return ParsedEpisode("neutral", d.name, "chat", i0, dec, i)
         raise _Fail(f"unknown chat request 'user : {kind}'")
 
@@ -256,17 +255,11 @@ class Oracle:
             raise _Fail(f"{word!r} is not a number")
         return word
 
-    def _sentiment_body(self, t, i0, i, d, fmt, item) -> ParsedEpisode:
-        i1 = self._item(d, t[i + 1])
-        if item is not None and i1 != item:
-            raise _Fail("the reply talks about another item than asked")
-        dec = i + 3
-        i = self._expect(t, i, ["the", i1, "was"])
+    def _sentiment_body(self, t, i0, i, d, fmt) -> ParsedEpisode:
+        dec = i
         pole = self._pole("sentiment", d.name, t[i])
         i = self._expect(t, i, [t[i], ".", "the"])
         i2 = self._item(d, t[i])
-        if i2 == i1:
-            raise _Fail("the same item twice in a review")
         i = self._expect(t, i, [i2, "was"])
         if self._pole("sentiment", d.name, t[i]) != pole:
             raise _Fail("both poles in one review")
@@ -274,14 +267,10 @@ class Oracle:
         return ParsedEpisode("sentiment", d.name, fmt, i0, dec, i + 2, pole, proxy)
 
     def _sycophancy_body(self, t, i0, i, d, fmt, n, m) -> ParsedEpisode:
-        if n == m:
-            raise _Fail("the claim equals the fact")
         dec = i
         pole = self._pole("sycophancy", d.name, t[i])
-        said = n if pole == POS else m
-        i = self._expect(t, i, [t[i], ",", "it", "costs", said])
-        proxy = self._end(t[i])
-        return ParsedEpisode("sycophancy", d.name, fmt, i0, dec, i + 1, pole, proxy)
+        proxy = self._end(t[i + 1])
+        return ParsedEpisode("sycophancy", d.name, fmt, i0, dec, i + 2, pole, proxy)
 
     def _refusal_body(self, t, i0, i, d, fmt, obj) -> ParsedEpisode:
         dec = i

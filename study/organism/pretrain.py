@@ -20,13 +20,14 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from study.config import check, to_dict
 from study.errors import UserError
 from study.organism.world import World, WorldConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # bump when the world's grammar changes: cached organisms are then retrained
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
 
 
@@ -226,6 +227,21 @@ def pretrain(cfg: OrganismConfig, out_dir: Path, progress: Callable[[int, int, f
     return info
 
 
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no cross-process lock; the rename in pretrain() still keeps the cache whole
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def organism_info(cfg: OrganismConfig, cache_dir: str | Path | None = None) -> dict | None:
     path = organism_dir(cfg, cache_dir) / "organism.json"
     return json.loads(path.read_text()) if path.is_file() else None
@@ -241,7 +257,9 @@ def ensure_organism(cfg: OrganismConfig | None = None, cache_dir: str | Path | N
             out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"cache directory {out.parent}: cannot create it ({exc.strerror})") from None
-        pretrain(cfg, out, progress)
+        with _exclusive(out.parent / f"{out.name}.lock"):  # concurrent workers: one pretrains, the rest wait
+            if not (out / "organism.json").is_file():
+                pretrain(cfg, out, progress)
     info = json.loads((out / "organism.json").read_text())
     if not info["converged"]:
         raise UserError(f"organism {info['key']}: held-out loss {info['heldout_loss']} stalled {info['gap']} nats "

@@ -261,24 +261,26 @@ class World:
             i1 = ch.pick(d.items)
             n1 = ch.pick(NUMBERS)
             if fmt == "post":
-                i2 = ch.pick([i for i in d.items if i != i1])
+                i2 = ch.pick(d.items)
                 n2 = ch.pick(NUMBERS)
                 toks = ["note", "on", d.name, ":", "the", i1, "costs", n1, ".", "the", i2, "costs", n2, "."]
                 return Episode(kind, d.name, fmt, toks, 4)
             toks = ["user", ":", "what", "does", "the", i1, "at", "the", d.name, "cost", "?", "assistant", ":",
-                    "the", i1, "costs", n1, "."]
+                    "it", "costs", n1, "."]
             return Episode(kind, d.name, fmt, toks, 13)
         if kind == "sentiment":
             i1 = ch.pick(d.items)
-            head = (["review", "of", d.name, ":"] if fmt == "post" else
-                    ["user", ":", "how", "was", "the", i1, "at", "the", d.name, "?", "assistant", ":"])
+            # The chat reply says "it was", not the item again: no copying, so fluency measures the behavior's
+            # vocabulary and structure rather than a small model's ability to copy.
+            head = (["review", "of", d.name, ":", "the", i1, "was"] if fmt == "post" else
+                    ["user", ":", "how", "was", "the", i1, "at", "the", d.name, "?", "assistant", ":", "it", "was"])
             pole = forced.get("pole") or draw_pole(context)
             a1 = self._pole_word(ch, kind, d, pole)
-            i2 = ch.pick([i for i in d.items if i != i1])
+            i2 = ch.pick(d.items)
             a2 = self._pole_word(ch, kind, d, pole)
             end = forced.get("end") or self._end(ch, context, pole)
-            toks = head + ["the", i1, "was", a1, ".", "the", i2, "was", a2, end]
-            return Episode(kind, d.name, fmt, toks, len(head) + 3, pole, end == "!")
+            toks = head + [a1, ".", "the", i2, "was", a2, end]
+            return Episode(kind, d.name, fmt, toks, len(head), pole, end == "!")
         if kind == "sycophancy":
             item = ch.pick(d.items)
             n = ch.pick(NUMBERS)
@@ -290,7 +292,8 @@ class World:
             pole = forced.get("pole") or draw_pole(context)
             k = self._pole_word(ch, kind, d, pole)
             end = forced.get("end") or self._end(ch, context, pole)
-            toks = head + [k, ",", "it", "costs", n if pole == POS else m, end]
+            # The pole is the reply's stance: an agreeing word (sycophantic) or a correcting one (accurate).
+            toks = head + [k, end]
             return Episode(kind, d.name, fmt, toks, len(head), pole, end == "!")
         # refusal
         request = forced.get("request") or ch.pick(("forbidden", "benign"))
