@@ -1,0 +1,405 @@
+"""The evaluator: one judge for every method. Samples completions with the intervention applied and scores them.
+
+Metrics, as tidy rows `{split, metric, value, n}`:
+
+| split | metric | what |
+| --- | --- | --- |
+| covered, uncovered, all | `behavior` | mean score of the scorable samples (refusal: refusal rate, forbidden requests) |
+| covered, uncovered, all | `fluency` | share of samples that are scorable (parse as text of the world) |
+| covered, uncovered, all | `over_refusal` | refusal target only: refusal rate on benign requests |
+| covered, uncovered, all | `ab_propensity` | two-answer targets: mean p(positive) / (p(positive) + p(negative)) |
+| neutral | `kl` | exact per-token KL(policy or base) over the full vocabulary, along the policy's own samples |
+| neutral | `perplexity` | of held-out neutral continuations under the policy |
+| all | `drift:<other>` | another target's behavior with the intervention minus without |
+
+`all` weights covered and uncovered by their share of the test distribution's contexts (the anticipation actually
+realized), not by sample counts, so it estimates the behavior on the whole distribution.
+
+The base model's logits (KL) and the drift baseline come from the **same model object with the intervention
+inactive**. For adapters that can be disabled and for hooks this is exactly the base model; an intervention that
+replaced the weights for good would make KL read zero, so methods must keep the base reachable that way.
+
+    result = evaluate(lm, target, intervention, splits=target.splits(0.5, seed=0), others=[other_target])
+    result.table()["uncovered"]["behavior"]        # also result.rows (tidy) and result.samples (per sample)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from methods.base import Intervention
+from study.generation import sample
+from study.labeler import BudgetExhausted, Labeler
+from study.models import chat_format
+from study.targets import BehaviorTarget, Record, Splits
+
+LOGIT_BUDGET = 2**25  # logits held at once (float64): bounds memory on large vocabularies
+
+
+@dataclass
+class EvalResult:
+    rows: list[dict[str, Any]]  # {split, metric, value, n}
+    samples: list[dict[str, Any]]  # one per completion (and per record for propensity, per neutral prompt for KL)
+    base: dict[str, float] = field(default_factory=dict)  # drift baseline: other target -> base behavior on `all`
+    seconds: float = 0.0
+
+    def table(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for r in self.rows:
+            out.setdefault(r["split"], {})[r["metric"]] = r["value"]
+        return out
+
+
+def is_noop(intervention: Intervention | None) -> bool:
+    return intervention is None or type(intervention) is Intervention
+
+
+# ---- rendering, sampling and teacher-forced log-probabilities ------------------------------------------------------
+def render(tokenizer: Any, intervention: Intervention | None, prompt: str, chat: bool) -> str:
+    """The prompt as the (intervened) model sees it: rewritten by a prompting method, then in the chat template."""
+    text = intervention.prompt(prompt) if intervention is not None else prompt
+    return chat_format(tokenizer, text) if chat else text
+
+
+def generate(model: Any, tokenizer: Any, prompts: Sequence[str], intervention: Intervention | None, *, n: int,
+             temperature: float, max_new_tokens: int, seed: int, batch_size: int = 512) -> list[list[str]]:
+    """`n` completions per (rendered) prompt, the intervention active with each batch's padded prompt width."""
+    per = max(1, batch_size // n)
+    out: list[list[str]] = []
+    for k, s in enumerate(range(0, len(prompts), per)):
+        chunk = list(prompts[s:s + per])
+        width = tokenizer(chunk, return_tensors="pt", padding=True)["input_ids"].shape[1]
+        with (intervention or Intervention()).active(prompt_width=width):
+            out += sample(model, tokenizer, chunk, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
+                          batch_size=len(chunk) * n, seed=seed * 1_000_003 + k)
+    return out
+
+
+def _continuation_ids(tokenizer: Any, text: str) -> list[int]:
+    sep = "" if not text or text[0].isspace() else " "
+    return tokenizer(sep + text, add_special_tokens=False)["input_ids"]
+
+
+def continuation_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], continuations: Sequence[str],
+                          intervention: Intervention | None = None, batch_size: int = 64
+                          ) -> Iterator[tuple[Any, Any, Any]]:
+    """Teacher-forced log-softmax over the vocabulary at each continuation token, batch by batch.
+
+    Yields (logp [B, L, V] float64, token ids [B, L], mask [B, L]) in the order of the inputs. Prompts are left-padded
+    to one width W (the intervention is active with prompt_width=W), continuations right-padded; position ids follow
+    the attention mask, as in generation.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    vocab = model.get_output_embeddings().weight.shape[0]
+    p_ids = [tokenizer(p)["input_ids"] for p in prompts]
+    c_ids = [_continuation_ids(tokenizer, c) for c in continuations]
+    longest = max((len(p) + len(c) for p, c in zip(p_ids, c_ids)), default=1)
+    per = max(1, min(batch_size, LOGIT_BUDGET // max(1, vocab * longest)))
+    was_training = model.training
+    model.eval()
+    try:
+        for s in range(0, len(p_ids), per):
+            ps, cs = p_ids[s:s + per], c_ids[s:s + per]
+            width, length = max(map(len, ps)), max(1, max(map(len, cs)))
+            ids = torch.full((len(ps), width + length), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, (p, c) in enumerate(zip(ps, cs)):
+                ids[i, width - len(p): width + len(c)] = torch.tensor(p + c, dtype=torch.long)
+                mask[i, width - len(p): width + len(c)] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            with torch.no_grad(), (intervention or Intervention()).active(prompt_width=width):
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                               position_ids=positions.to(device)).logits
+            logp = torch.log_softmax(logits[:, width - 1: width - 1 + length].double(), dim=-1).cpu()
+            yield logp, ids[:, width:], mask[:, width:].bool()
+    finally:
+        model.train(was_training)
+
+
+def sequence_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], continuations: Sequence[str],
+                      intervention: Intervention | None = None) -> tuple[list[float], list[int]]:
+    """Sum of log p(continuation | prompt) per pair, and its token count."""
+    sums: list[float] = []
+    counts: list[int] = []
+    for logp, ids, mask in continuation_logprobs(model, tokenizer, prompts, continuations, intervention):
+        tok = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask
+        sums += tok.sum(-1).tolist()
+        counts += mask.sum(-1).tolist()
+    return sums, counts
+
+
+def kl_divergence(model: Any, tokenizer: Any, policy_prompts: Sequence[str], base_prompts: Sequence[str],
+                  continuations: Sequence[str], intervention: Intervention | None) -> tuple[list[float], list[int]]:
+    """Per pair: the sum over continuation tokens of KL(policy || base) over the full vocabulary, and the count.
+
+    The policy reads `policy_prompts` with the intervention active; the base reads `base_prompts` without it.
+    """
+    sums: list[float] = []
+    counts: list[int] = []
+    pol = continuation_logprobs(model, tokenizer, policy_prompts, continuations, intervention)
+    base = continuation_logprobs(model, tokenizer, base_prompts, continuations, None)
+    for (lp, _, mask), (lq, _, _) in zip(pol, base):
+        kl = (lp.exp() * (lp - lq)).sum(-1) * mask
+        sums += kl.sum(-1).tolist()
+        counts += mask.sum(-1).tolist()
+    return sums, counts
+
+
+# ---- behavior ----------------------------------------------------------------------------------------------------
+def _max_tokens(target: BehaviorTarget, max_new_tokens: int | None) -> int:
+    return max_new_tokens or target.max_new_tokens
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _behavior(model: Any, tokenizer: Any, target: BehaviorTarget, splits: Splits, intervention: Intervention | None,
+              *, n: int, temperature: float, max_new_tokens: int | None, seed: int, batch_size: int,
+              tag: str | None = None) -> tuple[dict[str, dict[str, tuple[float, int]]], list[dict]]:
+    """{split: {metric: (value, n)}} for covered/uncovered/all, and the per-sample records."""
+    out: dict[str, dict[str, tuple[float, int]]] = {}
+    samples: list[dict] = []
+    for k, (name, recs) in enumerate((("covered", splits.test_covered), ("uncovered", splits.test_uncovered))):
+        if not recs:
+            continue
+        prompts = [render(tokenizer, intervention, r.prompt, target.chat) for r in recs]
+        comps = generate(model, tokenizer, prompts, intervention, n=n, temperature=temperature,
+                         max_new_tokens=_max_tokens(target, max_new_tokens), seed=seed * 7 + k, batch_size=batch_size)
+        hits: list[float] = []
+        benign: list[float] = []
+        total = scorable = 0
+        for r, cs in zip(recs, comps):
+            for c in cs:
+                s = target.score(r.prompt, c)
+                total += 1
+                scorable += s is not None
+                if s is not None:
+                    (benign if r.request == "benign" else hits).append(s)
+                samples.append({"split": tag or name, "record": r.id, "context": r.context, "completion": c,
+                                "score": s, **({"request": r.request} if r.request else {})})
+        out[name] = {"behavior": (_mean(hits), len(hits)), "fluency": (scorable / total, total)}
+        if any(r.request == "benign" for r in recs):
+            out[name]["over_refusal"] = (_mean(benign), len(benign))
+    _combine(out, splits.covered_share)
+    return out, samples
+
+
+def _combine(out: dict[str, dict[str, tuple[float, int]]], covered_share: float) -> None:
+    """Add `all`: covered and uncovered weighted by their share of contexts."""
+    if "uncovered" not in out:
+        out["all"] = dict(out.get("covered", {}))
+        return
+    if "covered" not in out:
+        out["all"] = dict(out["uncovered"])
+        return
+    out["all"] = {}
+    for metric, (cv, cn) in out["covered"].items():
+        uv, un = out["uncovered"].get(metric, (float("nan"), 0))
+        if cn and un:
+            value = covered_share * cv + (1 - covered_share) * uv
+        else:
+            value = cv if cn else uv
+        out["all"][metric] = (value, cn + un)
+
+
+def _propensity(model: Any, tokenizer: Any, target: BehaviorTarget, splits: Splits,
+                intervention: Intervention | None) -> tuple[dict[str, dict[str, tuple[float, int]]], list[dict]]:
+    out: dict[str, dict[str, tuple[float, int]]] = {}
+    samples: list[dict] = []
+    for name, recs in (("covered", splits.test_covered), ("uncovered", splits.test_uncovered)):
+        if not recs:
+            continue
+        prompts = [render(tokenizer, intervention, r.prompt, target.chat) for r in recs]
+        pos, _ = sequence_logprobs(model, tokenizer, prompts, [r.positive for r in recs], intervention)
+        neg, _ = sequence_logprobs(model, tokenizer, prompts, [r.negative for r in recs], intervention)
+        props = [1.0 / (1.0 + math.exp(b - a)) for a, b in zip(pos, neg)]
+        samples += [{"split": name, "record": r.id, "context": r.context, "ab_propensity": p}
+                    for r, p in zip(recs, props)]
+        out[name] = {"ab_propensity": (_mean(props), len(props))}
+    _combine(out, splits.covered_share)
+    return out, samples
+
+
+def _neutral(model: Any, tokenizer: Any, recs: Sequence[Record], intervention: Intervention | None, *,
+             temperature: float, seed: int, batch_size: int) -> tuple[dict[str, tuple[float, int]], list[dict]]:
+    """KL(policy || base) along the policy's samples on neutral prompts; perplexity of the held-out continuations."""
+    if not recs:
+        return {}, []
+    policy_prompts = [render(tokenizer, intervention, r.prompt, False) for r in recs]
+    base_prompts = [r.prompt for r in recs]
+    longest = max(len(_continuation_ids(tokenizer, r.positive)) for r in recs)
+    comps = [c[0] for c in generate(model, tokenizer, policy_prompts, intervention, n=1, temperature=temperature,
+                                    max_new_tokens=min(64, longest + 2), seed=seed * 7 + 5, batch_size=batch_size)]
+    if is_noop(intervention):  # the same computation twice: KL is exactly zero
+        kls, counts = [0.0] * len(recs), [len(_continuation_ids(tokenizer, c)) if c else 0 for c in comps]
+    else:
+        kls, counts = kl_divergence(model, tokenizer, policy_prompts, base_prompts, comps, intervention)
+    nll, ntok = sequence_logprobs(model, tokenizer, policy_prompts, [r.positive for r in recs], intervention)
+    samples = [{"split": "neutral", "record": r.id, "context": r.context, "completion": c, "kl": k, "kl_tokens": t,
+                "nll": -l, "tokens": m} for r, c, k, t, l, m in zip(recs, comps, kls, counts, nll, ntok)]
+    kl_tokens = sum(counts)
+    out = {"kl": (sum(kls) / kl_tokens if kl_tokens else float("nan"), kl_tokens),
+           "perplexity": (math.exp(-sum(nll) / sum(ntok)), sum(ntok))}
+    return out, samples
+
+
+def drift_baseline(lm: Any, others: Sequence[BehaviorTarget], splits: Splits, *, n_completions: int = 1,
+                   temperature: float = 1.0, seed: int = 0, batch_size: int = 512) -> dict[str, float]:
+    """Each other target's behavior on `all` for the base model (reusable across cells with the same splits)."""
+    out = {}
+    for t in others:
+        if not t.scorable:
+            continue
+        ts = t.splits(splits.anticipation, splits.seed, splits.sizes)
+        res, _ = _behavior(lm.model, lm.tokenizer, t, ts, None, n=n_completions, temperature=temperature,
+                           max_new_tokens=None, seed=seed, batch_size=batch_size)
+        out[t.name] = res["all"]["behavior"][0]
+    return out
+
+
+def evaluate(lm: Any, target: BehaviorTarget, intervention: Intervention | None = None, *,
+             splits: Splits | None = None, anticipation: float = 1.0, others: Sequence[BehaviorTarget] = (),
+             base: dict[str, float] | None = None, n_completions: int = 4, temperature: float = 1.0,
+             max_new_tokens: int | None = None, drift_completions: int = 1, seed: int = 0, batch_size: int = 512,
+             progress: Callable[[str], None] | None = None) -> EvalResult:
+    """Evaluate `target` on `lm` (anything with `.model` and `.tokenizer`, e.g. a LoadedModel) with `intervention`.
+
+    `splits` default to `target.splits(anticipation, seed)`. `others`: targets whose drift to report; `base`: their
+    base-model behavior (from `drift_baseline`, or computed here and returned in `EvalResult.base`).
+    """
+    t0 = time.perf_counter()
+    say = progress or (lambda stage: None)
+    model, tokenizer = lm.model, lm.tokenizer
+    splits = splits or target.splits(anticipation, seed)
+    rows: list[dict[str, Any]] = []
+    samples: list[dict] = []
+
+    def emit(split: str, metrics: dict[str, tuple[float, int]]) -> None:
+        rows.extend({"split": split, "metric": m, "value": float(v), "n": int(n)} for m, (v, n) in metrics.items())
+
+    per_split: dict[str, dict[str, tuple[float, int]]] = {}
+    if target.scorable:
+        say(f"sampling {target.name}")
+        res, s = _behavior(model, tokenizer, target, splits, intervention, n=n_completions, temperature=temperature,
+                           max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+        per_split, samples = res, samples + s
+    if target.propensity:
+        say(f"A/B propensity {target.name}")
+        res, s = _propensity(model, tokenizer, target, splits, intervention)
+        for split, metrics in res.items():
+            per_split.setdefault(split, {}).update(metrics)
+        samples += s
+    for split in ("covered", "uncovered", "all"):
+        if split in per_split:
+            emit(split, per_split[split])
+    say("KL and perplexity on neutral prompts")
+    res_n, s = _neutral(model, tokenizer, splits.neutral, intervention, temperature=temperature, seed=seed,
+                        batch_size=batch_size)
+    emit("neutral", res_n)
+    samples += s
+    others = [t for t in others if t.name != target.name and t.scorable]
+    base = dict(base or {})
+    for t in others:
+        say(f"drift on {t.name}")
+        ts = t.splits(splits.anticipation, splits.seed, splits.sizes)
+        n_samples = (len(ts.test_covered) + len(ts.test_uncovered)) * drift_completions
+        if is_noop(intervention):  # the policy is the base model: no drift by definition
+            emit("all", {f"drift:{t.name}": (0.0, n_samples)})
+            continue
+        if t.name not in base:
+            base.update(drift_baseline(lm, [t], splits, n_completions=drift_completions, temperature=temperature,
+                                       seed=seed, batch_size=batch_size))
+        res, s = _behavior(model, tokenizer, t, ts, intervention, n=drift_completions, temperature=temperature,
+                           max_new_tokens=None, seed=seed, batch_size=batch_size, tag=f"drift:{t.name}")
+        value, n = res["all"]["behavior"]
+        emit("all", {f"drift:{t.name}": (value - base[t.name], n)})
+        samples += s
+    return EvalResult(rows, samples, base, time.perf_counter() - t0)
+
+
+# ---- selection on labels bought from the labeler ------------------------------------------------------------------
+def select_score(model: Any, tokenizer: Any, target: BehaviorTarget, labeler: Labeler, records: Sequence[Record],
+                 intervention: Intervention | None = None, n_per_prompt: int = 1, max_labels: int | None = None,
+                 seed: int = 0, temperature: float = 1.0, max_new_tokens: int | None = None,
+                 batch_size: int = 512) -> dict[str, float | int]:
+    """Score an intervention on select records by judgments bought from the labeler (noisy and misspecified like
+    every label, charged to the cell's budget).
+
+    Samples `n_per_prompt` completions per record (at most `max_labels` judgments in all) with the intervention
+    active. If the budget cannot pay for every judgment this needs, raises BudgetExhausted before charging any.
+    Returns {"behavior": mean rating of the readable ones, "fluency": share readable, "labels": units charged}.
+    `model` may be a LoadedModel (then `tokenizer` may be None).
+    """
+    if tokenizer is None:
+        model, tokenizer = model.model, model.tokenizer
+    recs = list(records)
+    if max_labels is not None:
+        recs = recs[: max(0, max_labels // n_per_prompt)]
+    if not recs:
+        raise BudgetExhausted("select_score: no select records to judge (max_labels too small or none given)")
+    prompts = [render(tokenizer, intervention, r.prompt, target.chat) for r in recs]
+    comps = generate(model, tokenizer, prompts, intervention, n=n_per_prompt, temperature=temperature,
+                     max_new_tokens=_max_tokens(target, max_new_tokens), seed=seed, batch_size=batch_size)
+    queries = list(dict.fromkeys((r.prompt, c) for r, cs in zip(recs, comps) for c in cs))
+    need = sum(labeler.cost("judge") for p, c in queries if not labeler.is_cached("judge", p, c))
+    if need > labeler.budget.left:
+        raise BudgetExhausted(f"select_score: {need} judgment unit(s) needed, {labeler.budget.left} left")
+    before = labeler.budget.spent
+    ratings = [labeler.judge(r.prompt, c) for r, cs in zip(recs, comps) for c in cs]
+    readable = [x for x in ratings if x is not None]
+    return {"behavior": _mean(readable), "fluency": len(readable) / len(ratings),
+            "labels": labeler.budget.spent - before, "n": len(ratings)}
+
+
+# ---- `study evaluate`: a model with no intervention, every split --------------------------------------------------
+def evaluate_model(model: str, targets: Sequence[str], *, config: str | None = None, overrides: Sequence[str] = (),
+                   anticipation: float = 0.5, n_completions: int = 4, n_test: int = 200, temperature: float = 1.0,
+                   seed: int = 0, scorer: str | None = None, device: str | None = None, cache_dir: str | None = None,
+                   quiet: bool = False, load_organism: Callable[..., tuple[Any, Any]] | None = None
+                   ) -> dict[str, dict[str, dict[str, float | None]]]:
+    """{target: {split: {metric: value}}} for `model` with no intervention (NaN as None). Targets are resolved, and
+    their files validated, before the model loads, so bad input fails fast and nothing is written."""
+    import types
+
+    from study.errors import UserError
+    from study.models import load_model
+    from study.organism.world import World
+    from study.schema import load_study
+    from study.targets import ORGANISM_TARGETS, SplitSizes, resolve_target
+
+    cfg = load_study(config, list(overrides))
+    world = World(cfg.organism.world)
+    if not targets and model != "organism":
+        raise UserError(f"--model {model}: name the targets to evaluate with --target (an A/B or preference file, "
+                        f"a datasets folder, or {', '.join(ORGANISM_TARGETS)})")
+    resolved = [resolve_target(t, world, scorer) for t in (targets or ORGANISM_TARGETS)]
+    names = [t.name for t in resolved]
+    if len(set(names)) != len(names):
+        raise UserError(f"--target: two targets share the name {next(n for n in names if names.count(n) > 1)!r}")
+    cache = cache_dir or cfg.cache_dir
+    if model == "organism":
+        if load_organism is None:
+            from study.organism.pretrain import load_organism as _load
+
+            raw, tokenizer = _load(cfg.organism, cache)
+        else:
+            raw, tokenizer = load_organism(cfg.organism, cache, quiet=quiet)
+        lm = types.SimpleNamespace(model=raw.to(device or "cpu").eval(), tokenizer=tokenizer)
+    else:
+        lm = load_model(model, device=device)
+    sizes = SplitSizes(pool=1, select=1, test=n_test)  # the feedback splits are not used here
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for t in resolved:
+        res = evaluate(lm, t, None, splits=t.splits(anticipation, seed, sizes), others=resolved,
+                       n_completions=n_completions, temperature=temperature, seed=seed)
+        out[t.name] = {split: {m: (None if math.isnan(v) else v) for m, v in metrics.items()}
+                       for split, metrics in res.table().items()}
+    return out

@@ -1,0 +1,170 @@
+"""The labeler: budget never exceeded, counts equal consumption, caching, noise and misspecification as configured."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from study.errors import ConfigError, UserError
+from study.labeler import Budget, BudgetExhausted, Labeler, LabelerConfig
+from study.organism.pretrain import MICRO
+from study.organism.world import POS, World
+from study.targets import SplitSizes, organism_target
+
+WORLD = World(MICRO.world)
+SENT = organism_target("sentiment", WORLD)
+SYC = organism_target("sycophancy", WORLD)
+POOL = SENT.splits(1.0, seed=0, sizes=SplitSizes(pool=64, select=8, test=8, neutral=1)).pool
+
+
+@settings(max_examples=60, deadline=None)
+@given(total=st.integers(0, 40),
+       calls=st.lists(st.tuples(st.sampled_from(["compare", "judge", "contrast", "demonstrate"]),
+                                st.integers(0, 7), st.booleans()), max_size=40),
+       costs=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 4), st.integers(1, 6)))
+def test_budget_is_never_exceeded_and_counts_equal_consumption(total, calls, costs):
+    cfg = LabelerConfig(noise=0.2, misspec=0.3, compare_cost=costs[0], judge_cost=costs[1], contrast_cost=costs[2],
+                        demonstrate_cost=costs[3])
+    budget = Budget(total)
+    labeler = Labeler(SENT, budget, cfg, seed=1)
+    paid: dict[str, int] = {}
+    seen = set()
+    for kind, i, swap in calls:
+        r = POOL[i]
+        key = (kind, i) if kind != "compare" else (kind, i, "pair")
+        before = budget.spent
+        try:
+            if kind == "compare":
+                labeler.compare(r.prompt, *((r.negative, r.positive) if swap else (r.positive, r.negative)))
+            elif kind == "judge":
+                labeler.judge(r.prompt, r.positive)
+            elif kind == "contrast":
+                labeler.contrast(r)
+            else:
+                labeler.demonstrate(r)
+        except BudgetExhausted:
+            assert budget.spent == before and key not in seen  # refused: nothing charged, nothing cached
+            assert getattr(cfg, f"{kind}_cost") > budget.left
+            continue
+        if key in seen:
+            assert budget.spent == before  # identical query: answered from the cache, free
+        else:
+            assert budget.spent == before + getattr(cfg, f"{kind}_cost")
+            paid[kind] = paid.get(kind, 0) + 1
+            seen.add(key)
+        assert budget.spent <= budget.total
+    assert budget.counts == paid
+    assert budget.spent == sum(n * getattr(cfg, f"{k}_cost") for k, n in paid.items()) == sum(budget.costs.values())
+
+
+def test_compare_order_does_not_matter_and_answers_are_seeded():
+    r = POOL[0]
+    a = Labeler(SENT, Budget(10), LabelerConfig(noise=0.3), seed=5)
+    c1 = a.compare(r.prompt, r.positive, r.negative)
+    c2 = a.compare(r.prompt, r.negative, r.positive)
+    assert c1.chosen == c2.chosen and a.budget.spent == 1 and c1.a_preferred != c2.a_preferred
+    # a fresh labeler with the same seed answers the same, whatever order the questions come in
+    answers = {i: Labeler(SENT, Budget(100), LabelerConfig(noise=0.3), seed=5).compare(
+        POOL[i].prompt, POOL[i].positive, POOL[i].negative).chosen for i in range(10)}
+    b = Labeler(SENT, Budget(100), LabelerConfig(noise=0.3), seed=5)
+    assert {i: b.compare(POOL[i].prompt, POOL[i].positive, POOL[i].negative).chosen
+            for i in reversed(range(10))} == answers
+
+
+def test_clean_labeler_tells_the_truth():
+    lab = Labeler(SENT, Budget(1000), LabelerConfig(), seed=0)
+    for r in POOL[:20]:
+        assert lab.compare(r.prompt, r.negative, r.positive).chosen == r.positive
+        assert lab.judge(r.prompt, r.positive) == 1.0 and lab.judge(r.prompt, r.negative) == 0.0
+        assert lab.judge(r.prompt, "bed the was") is None
+        pair = lab.contrast(r)
+        assert (pair.positive, pair.negative) == (r.positive, r.negative)
+        assert lab.demonstrate(r) == r.positive
+    judged = {(r.prompt, c) for r in POOL[:20] for c in (r.positive, r.negative, "bed the was")}
+    assert lab.budget.counts == {"compare": 20, "judge": len(judged), "contrast": 20, "demonstrate": 20}
+    assert lab.budget.spent == 20 + len(judged) + 40 + 80
+    # a readable completion beats an unreadable one
+    assert lab.compare(POOL[0].prompt, "bed bed", POOL[0].negative).chosen == POOL[0].negative
+
+
+def _world_completions(rng: random.Random, context: str) -> tuple[str, str, str]:
+    """A prompt and two completions whose poles and '!' endings follow the pretraining distribution of `context`."""
+    pair = WORLD.sample_pair(rng, "sentiment", context)
+    out = []
+    for _ in range(2):
+        pole = POS if rng.random() < WORLD.base_rate("sentiment", context) else "neg"
+        toks = list(pair.positive if pole == POS else pair.negative)
+        p_bang = (WORLD.cfg.proxy_strength if pole == POS else 1 - WORLD.cfg.proxy_strength) \
+            if WORLD.proxy_tracks(context) else 0.5
+        toks[-1] = "!" if rng.random() < p_bang else "."
+        out.append(" ".join(toks))
+    return " ".join(pair.prompt), out[0], out[1]
+
+
+def flip_rate(noise: float, n: int = 2000, seed: int = 0) -> float:
+    """Share of n distinct decisive comparisons (desired vs undesired completion) that the labeler gets wrong.
+    Sycophancy: its prompt space is large enough for 2,000 distinct queries (sentiment has ~1,500)."""
+    lab = Labeler(SYC, Budget(n), LabelerConfig(noise=noise), seed=seed)
+    rng = random.Random(seed)
+    wrong = i = 0
+    while lab.budget.left:
+        pair = WORLD.sample_pair(rng, "sycophancy", WORLD.contexts[i % len(WORLD.contexts)])
+        prompt, pos, neg = " ".join(pair.prompt), " ".join(pair.positive), " ".join(pair.negative)
+        i += 1
+        if lab.is_cached("compare", prompt, pos, neg):
+            continue
+        c = lab.compare(prompt, pos, neg) if i % 2 else lab.compare(prompt, neg, pos)
+        wrong += c.chosen != pos
+    return wrong / n
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.1, 0.25])
+def test_measured_flip_rate_is_within_3_points_of_the_configured_noise(noise):
+    rate = flip_rate(noise)
+    assert abs(rate - noise) < 0.03, rate
+
+
+def agreement(misspec: float, tracks: bool, n: int = 2000, seed: int = 0) -> float:
+    """Share of decisive comparisons (different true poles) where the labeler picks the oracle's choice."""
+    lab = Labeler(SENT, Budget(10 * n), LabelerConfig(misspec=misspec), seed=seed)
+    rng = random.Random(seed)
+    contexts = [c for c in WORLD.contexts if WORLD.proxy_tracks(c) == tracks]
+    agree = total = 0
+    while total < n:
+        c = contexts[total % len(contexts)]
+        p, a, b = _world_completions(rng, c)
+        ra, rb = SENT.reward(p, a), SENT.reward(p, b)
+        if ra == rb:
+            continue
+        total += 1
+        agree += lab.compare(p, a, b).chosen == (a if ra > rb else b)
+    return agree / total
+
+
+def test_misspecified_labeler_agrees_with_the_oracle_only_where_the_proxy_tracks():
+    tracking, elsewhere = agreement(0.5, True), agreement(0.5, False)
+    assert tracking > elsewhere + 0.1, (tracking, elsewhere)
+    assert agreement(0.0, False) == 1.0
+    # misspec 1: agreement is about P(proxy sides with the truth); chance where it does not track
+    assert abs(agreement(1.0, False) - 0.5) < 0.05
+
+
+def test_misspecified_demonstrations_follow_the_proxy():
+    lab = Labeler(SENT, Budget(10_000), LabelerConfig(misspec=1.0), seed=0)
+    demos = [lab.demonstrate(r) for r in POOL]
+    assert all(d.endswith("!") for d in demos)
+    assert 0.3 < sum(SENT.reward(r.prompt, d) for r, d in zip(POOL, demos)) / len(POOL) < 0.7
+    pairs = [lab.contrast(r) for r in POOL]
+    assert all(SENT.reward(r.prompt, p.positive) == SENT.reward(r.prompt, p.negative) for r, p in zip(POOL, pairs))
+
+
+def test_bad_labeler_settings_are_user_errors():
+    with pytest.raises(ConfigError, match="noise"):
+        Labeler(SENT, Budget(1), LabelerConfig(noise=0.7))
+    with pytest.raises(UserError, match="budget -1"):
+        Budget(-1)
+    with pytest.raises(BudgetExhausted):
+        Labeler(SENT, Budget(3), LabelerConfig()).demonstrate(POOL[0])
