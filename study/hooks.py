@@ -84,14 +84,19 @@ def _cache_offset(args: tuple, kwargs: dict, layer: int) -> int:
 
 @contextmanager
 def steer(blocks: Sequence[nn.Module], vectors: dict[int, torch.Tensor], multiplier: float = 1.0, *,
-          start_positions: torch.Tensor | None = None) -> Iterator[None]:
+          start_positions: torch.Tensor | None = None, stop_positions: torch.Tensor | None = None
+          ) -> Iterator[None]:
     """Add `multiplier * vectors[layer]` to the hidden state after each listed block.
 
     `start_positions` ([batch], long): steer only positions >= start_positions[b] (absolute, across generation
-    steps; see the module docstring); None steers every position. When generation expands the batch (beams,
-    num_return_sequences) each row's start is repeated to match, as `generate` repeats its inputs.
+    steps; see the module docstring); None steers every position. `stop_positions` ([batch], long; needs
+    start_positions): steer only positions < stop_positions[b] too (e.g. start + 1: the last prompt position alone).
+    When generation expands the batch (beams, num_return_sequences) each row's start and stop are repeated to match,
+    as `generate` repeats its inputs.
     """
     _check_layers(blocks, list(vectors))
+    if stop_positions is not None and start_positions is None:
+        raise UserError("steer: stop_positions needs start_positions")
     offsets: dict[int, int] = {}
 
     def make_pre_hook(layer: int):
@@ -109,7 +114,13 @@ def steer(blocks: Sequence[nn.Module], vectors: dict[int, torch.Tensor], multipl
             if hidden.shape[0] != starts.shape[0]:
                 starts = starts.repeat_interleave(hidden.shape[0] // starts.shape[0])
             positions = offsets.pop(layer, 0) + torch.arange(hidden.shape[1], device=hidden.device)
-            mask = (positions[None, :] >= starts[:, None]).unsqueeze(-1)
+            mask = positions[None, :] >= starts[:, None]
+            if stop_positions is not None:
+                stops = stop_positions.to(hidden.device)
+                if hidden.shape[0] != stops.shape[0]:
+                    stops = stops.repeat_interleave(hidden.shape[0] // stops.shape[0])
+                mask = mask & (positions[None, :] < stops[:, None])
+            mask = mask.unsqueeze(-1)
             return _with_hidden(output, torch.where(mask, hidden + delta, hidden))
         return hook
 

@@ -1,0 +1,340 @@
+"""Steering vectors: reading them from contrast pairs, the hook-based intervention that adds them, and per-sample
+reliability. Shared by `methods/steering.py` (CAA) and `methods/steering_pca.py`; the hooks are `study.hooks.steer`,
+a context manager, and nothing else.
+
+    acts = contrast_activations(lm, prompts, positives, negatives, layers=[1, 2], positions=("sentence_end",))
+    vector = mean_difference(acts.diffs[(2, "sentence_end")])          # or first_principal_component(...)
+    steering = SteeringIntervention(lm.blocks, {2: vector}, multiplier=1.5, window=1)
+    with steering.active(prompt_width=w):                               # steers the last prompt position only
+        lm.model.generate(**batch)
+    rows, samples = steering.extra_metrics(lm, target, splits)          # slope_p10/p50/p90, anti_steerable
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from methods.base import Intervention, Stacked
+
+POSITIONS = ("answer", "sentence_end", "last", "mean")
+SENTENCE_END = (".", "!", "?")
+RELIABILITY_FRACTIONS = (-1.0, -0.5, 0.0, 0.5, 1.0)
+
+
+# ---- reading activations -----------------------------------------------------------------------------------------
+def _continuation_ids(tokenizer: Any, text: str) -> list[int]:
+    sep = "" if not text or text[0].isspace() else " "  # as study.evaluate tokenizes continuations
+    return tokenizer(sep + text, add_special_tokens=False)["input_ids"]
+
+
+def _sentence_end_ids(tokenizer: Any) -> set[int]:
+    # each token decoded alone: byte-level and sentencepiece markers ("Ġ.", "▁.") become plain text
+    return {i for i in tokenizer.get_vocab().values() if tokenizer.decode([i]).strip().endswith(SENTENCE_END)}
+
+
+def read_index(pos: list[int], neg: list[int], position: str, ends: set[int]) -> tuple[list[int], list[int]]:
+    """Token indices into each completion where `position` reads (several for "mean").
+
+    "answer": the first token where the two completions differ (the pole-bearing token of a minimal pair);
+    "sentence_end": the first sentence-final token from there on (else the last); "last": the completion's last
+    token; "mean": every token from the answer token on."""
+    a = next((j for j, (x, y) in enumerate(zip(pos, neg)) if x != y), max(0, min(len(pos), len(neg)) - 1))
+    out = []
+    for c in (pos, neg):
+        first = min(a, len(c) - 1)
+        if position == "answer":
+            out.append([first])
+        elif position == "last":
+            out.append([len(c) - 1])
+        elif position == "sentence_end":
+            out.append([next((j for j in range(first, len(c)) if c[j] in ends), len(c) - 1)])
+        else:
+            out.append(list(range(first, len(c))))
+    return out[0], out[1]
+
+
+@dataclass
+class ContrastActivations:
+    diffs: dict[tuple[int, str], Any]  # (layer, position) -> [pairs, hidden] float32: positive minus negative
+    scale: dict[int, float]  # layer -> mean residual-stream norm over the completions' tokens (a natural unit)
+
+
+def contrast_activations(lm: Any, prompts: Sequence[str], positives: Sequence[str], negatives: Sequence[str],
+                         layers: Sequence[int], positions: Sequence[str] = POSITIONS,
+                         batch_size: int = 64) -> ContrastActivations:
+    """Residual-stream differences (after block `layer`) between each pair's positive and negative completion.
+
+    `prompts` are rendered as the model sees them (study.evaluate.render). Prompts are left-padded to one width and
+    completions right-padded, with position ids following the mask, as in evaluation. Inside a stack, call it with
+    the earlier parts active (study.cell does while a part is fitted)."""
+    import torch
+
+    from study.hooks import record_activations
+
+    model, tokenizer = lm.model, lm.tokenizer
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ends = _sentence_end_ids(tokenizer) if "sentence_end" in positions else set()
+    diffs: dict[tuple[int, str], list] = {(layer, p): [] for layer in layers for p in positions}
+    norm_sum, norm_count = {layer: 0.0 for layer in layers}, 0
+    p_all = [tokenizer(p)["input_ids"] for p in prompts]
+    pos_all = [_continuation_ids(tokenizer, c) or [pad] for c in positives]
+    neg_all = [_continuation_ids(tokenizer, c) or [pad] for c in negatives]
+    for s in range(0, len(p_all), batch_size):
+        ps = p_all[s:s + batch_size]
+        n = len(ps)
+        cs = pos_all[s:s + n] + neg_all[s:s + n]
+        width, length = max(map(len, ps)), max(map(len, cs))
+        ids = torch.full((2 * n, width + length), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, (p, c) in enumerate(zip(ps + ps, cs)):
+            ids[i, width - len(p): width + len(c)] = torch.tensor(p + c)
+            mask[i, width - len(p): width + len(c)] = 1
+        with torch.no_grad(), record_activations(lm.blocks, list(layers)) as acts:
+            model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                  position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device))
+        completion = mask.clone()
+        completion[:, :width] = 0
+        for layer in layers:
+            h = acts[layer][0].float().cpu()
+            norm_sum[layer] += float(h.norm(dim=-1)[completion.bool()].sum())
+            for position in positions:
+                rows = []
+                for i in range(n):
+                    rp, rn = read_index(cs[i], cs[n + i], position, ends)
+                    rows.append(h[i, [width + j for j in rp]].mean(0) - h[n + i, [width + j for j in rn]].mean(0))
+                diffs[(layer, position)].append(torch.stack(rows))
+        norm_count += int(completion.sum())
+    return ContrastActivations({k: torch.cat(v) for k, v in diffs.items()},
+                               {layer: v / max(1, norm_count) for layer, v in norm_sum.items()})
+
+
+class PairScorer:
+    """Teacher-forced log p(positive) and log p(negative) of fixed pairs, scored again and again under different
+    steering: the batch is tokenized once, and the prompts' cache up to their last position is computed once (with
+    `fixed` active, e.g. the other parts of a stack): steering from the last prompt position on leaves it unchanged.
+
+        scorer = PairScorer(lm, prompts, positives, negatives)
+        pos, neg = scorer(steering)                      # two lists of summed log-probabilities
+    """
+
+    def __init__(self, lm: Any, prompts: Sequence[str], positives: Sequence[str], negatives: Sequence[str],
+                 fixed: Intervention | None = None, reuse_prefix: bool = True):
+        import torch
+
+        self.lm, self.n = lm, len(prompts)
+        tok = lm.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        ps = [tok(p)["input_ids"] for p in prompts] * 2
+        cs = [_continuation_ids(tok, c) for c in list(positives) + list(negatives)]
+        self.width, self.length = max(map(len, ps), default=1), max(max(map(len, cs), default=1), 1)
+        ids = torch.full((len(ps), self.width + self.length), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, (p, c) in enumerate(zip(ps, cs)):
+            ids[i, self.width - len(p): self.width + len(c)] = torch.tensor(p + c, dtype=torch.long)
+            mask[i, self.width - len(p): self.width + len(c)] = 1
+        device = next(lm.model.parameters()).device
+        self.ids, self.mask = ids.to(device), mask.to(device)
+        self.positions = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
+        self.target = ids[:, self.width:]
+        self.target_mask = mask[:, self.width:].bool()
+        self.cache = None
+        # transformers 5 names the cache argument `cache`, 4.x `past_key_values`
+        self.cache_arg = "cache" if "cache" in inspect.signature(lm.model.forward).parameters else "past_key_values"
+        if reuse_prefix and self.width > 1 and self.n:
+            w = self.width - 1
+            with torch.no_grad(), (fixed or Intervention()).active(prompt_width=self.width):
+                out = lm.model(input_ids=self.ids[:, :w], attention_mask=self.mask[:, :w],
+                               position_ids=self.positions[:, :w], use_cache=True)
+            self.cache = out[self.cache_arg] if self.cache_arg in out else out["past_key_values"]
+
+    def __call__(self, intervention: Intervention | None) -> tuple[list[float], list[float]]:
+        import copy
+
+        import torch
+
+        if not self.n:
+            return [], []
+        model, w = self.lm.model, self.width
+        with torch.no_grad(), (intervention or Intervention()).active(prompt_width=w):
+            if self.cache is None:
+                logits = model(input_ids=self.ids, attention_mask=self.mask, position_ids=self.positions).logits
+                logits = logits[:, w - 1: w - 1 + self.length]
+            else:
+                logits = model(input_ids=self.ids[:, w - 1:], attention_mask=self.mask,
+                               position_ids=self.positions[:, w - 1:], use_cache=True,
+                               **{self.cache_arg: copy.deepcopy(self.cache)}).logits[:, : self.length]
+        logp = torch.log_softmax(logits.double(), dim=-1).cpu()
+        tok = logp.gather(-1, self.target.unsqueeze(-1)).squeeze(-1) * self.target_mask
+        sums = tok.sum(-1).tolist()
+        return sums[: self.n], sums[self.n:]
+
+    @property
+    def counts(self) -> tuple[list[int], list[int]]:
+        c = self.target_mask.sum(-1).tolist()
+        return c[: self.n], c[self.n:]
+
+
+# ---- directions -------------------------------------------------------------------------------------------------
+def mean_difference(diffs: Any) -> Any:
+    """CAA: the mean of the paired differences."""
+    return diffs.mean(0)
+
+
+def first_principal_component(diffs: Any) -> Any:
+    """RepE-style: the first principal component of the paired differences, sign-corrected so that the differences
+    project positively on average, scaled by that mean projection (the mean difference's component along it), so
+    that multipliers mean the same as for CAA. Uncentered: RepE shuffles each pair's order before its PCA, which
+    makes the mean zero; the top singular vector of the unshuffled differences is that same axis."""
+    import torch
+
+    if diffs.shape[0] == 1:
+        return diffs[0].clone()
+    _, _, vh = torch.linalg.svd(diffs.double(), full_matrices=False)
+    pc = vh[0]
+    proj = (diffs.double() @ pc).mean()
+    if proj < 0:
+        pc, proj = -pc, -proj
+    return (pc * proj).to(diffs.dtype)
+
+
+DIRECTIONS = {"mean_diff": mean_difference, "pca": first_principal_component}
+
+
+# ---- the intervention ----------------------------------------------------------------------------------------------
+class SteeringIntervention(Intervention):
+    """Adds `multiplier * vectors[layer]` after each listed block, through `study.hooks.steer` only.
+
+    Under `active(prompt_width=w)` it steers from the last prompt position (w - 1, where the first generated token is
+    predicted) on, or only the `window` positions from there (window 1: the decision point alone); under
+    `with intervention:` or with `all_positions`, every position."""
+
+    def __init__(self, blocks: Sequence[Any] = (), vectors: dict[int, Any] | None = None, multiplier: float = 0.0,
+                 all_positions: bool = False, chosen: dict[str, Any] | None = None,
+                 reliability_fractions: Sequence[float] = RELIABILITY_FRACTIONS, window: int | None = None):
+        super().__init__()
+        self.blocks = list(blocks)
+        self.vectors = dict(vectors or {})
+        self.multiplier = float(multiplier)
+        self.all_positions = all_positions
+        self.window = window
+        self.reliability_fractions = tuple(float(f) for f in reliability_fractions)
+        self.chosen = dict(chosen or {})
+
+    def with_multiplier(self, multiplier: float) -> "SteeringIntervention":
+        return SteeringIntervention(self.blocks, self.vectors, multiplier, self.all_positions, self.chosen,
+                                    self.reliability_fractions, self.window)
+
+    @contextmanager
+    def _activate(self, prompt_width: int | None) -> Iterator[None]:
+        import torch
+
+        from study.hooks import steer
+
+        if not self.vectors or self.multiplier == 0.0:  # exactly the base model: no hook at all
+            yield
+            return
+        # One start (and stop) for the whole left-padded batch: steer repeats them to the batch size.
+        start = stop = None
+        if not self.all_positions and prompt_width is not None:
+            start = torch.tensor([max(0, prompt_width - 1)])
+            stop = None if self.window is None else start + self.window
+        with steer(self.blocks, self.vectors, self.multiplier, start_positions=start, stop_positions=stop):
+            yield
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({f"layer.{layer}": v.detach().float().cpu().contiguous() for layer, v in self.vectors.items()},
+                  str(path / "vectors.safetensors"))
+        (path / "intervention.json").write_text(json.dumps({
+            "type": type(self).__name__, "chosen": self.chosen, "multiplier": self.multiplier,
+            "all_positions": self.all_positions, "window": self.window,
+            "reliability_fractions": list(self.reliability_fractions)},
+            sort_keys=True))
+
+    @classmethod
+    def load(cls, path: str | Path, model: Any) -> "SteeringIntervention":
+        """Rebuild on `model` (a study.models.LoadedModel or a transformers model), its blocks located again."""
+        from safetensors.torch import load_file
+
+        from study.models import decoder_blocks
+
+        path = Path(path)
+        meta = json.loads((path / "intervention.json").read_text())
+        loaded = hasattr(model, "blocks")
+        blocks = model.blocks if loaded else decoder_blocks(model)
+        device = next((model.model if loaded else model).parameters()).device
+        tensors = load_file(str(path / "vectors.safetensors"))
+        vectors = {int(k.split(".", 1)[1]): v.to(device) for k, v in tensors.items()}
+        return cls(blocks, vectors, meta["multiplier"], meta["all_positions"], meta["chosen"],
+                   meta.get("reliability_fractions", RELIABILITY_FRACTIONS), meta.get("window"))
+
+    def extra_metrics(self, lm: Any, target: Any, splits: Any,
+                      others: Sequence[Intervention] = ()) -> tuple[list[dict], list[dict]]:
+        """Per-sample reliability on the test splits (study.cell calls this after evaluation)."""
+        return reliability(lm, target, splits, self, others)
+
+
+# ---- per-sample reliability ----------------------------------------------------------------------------------------
+def _weighted_quantile(values: list[float], weights: list[float], q: float) -> float:
+    pairs = sorted(zip(values, weights))
+    total, acc = sum(w for _, w in pairs), 0.0
+    for v, w in pairs:
+        acc += w
+        if acc >= q * total - 1e-12:
+            return v
+    return pairs[-1][0]
+
+
+def reliability(lm: Any, target: Any, splits: Any, steering: SteeringIntervention,
+                others: Sequence[Intervention] = ()) -> tuple[list[dict], list[dict]]:
+    """Tan et al. 2024 ("Analyzing the Generalization and Reliability of Steering Vectors"): for each test prompt, the
+    least-squares slope of log p(positive) - log p(negative) against the steering multiplier, at
+    `reliability_fractions` of the chosen one, with the `others` (the other parts of a stack) active throughout. The
+    slope is in nats per chosen multiplier: how far the chosen steering moves that prompt. Rows on split `all`:
+    `slope_p10/p50/p90` and `anti_steerable` (the share of prompts with a negative slope), covered and uncovered
+    prompts weighted by their share of contexts as in the evaluator's `all`; one `{"kind": "slope"}` sample each."""
+    from study.evaluate import render
+
+    recs = [("covered", r) for r in splits.test_covered] + [("uncovered", r) for r in splits.test_uncovered]
+    if not steering.vectors or steering.multiplier == 0.0 or not recs:
+        return [], []
+    fractions = list(steering.reliability_fractions)
+    fixed = Stacked(list(others))
+    prompts = [render(lm.tokenizer, Stacked([*others, steering]), r.prompt, target.chat) for _, r in recs]
+    lds: list[list[float]] = [[] for _ in recs]
+    for s in range(0, len(recs), 256):  # bounded batches: the scorer holds one batch's cache
+        chunk = recs[s:s + 256]
+        scorer = PairScorer(lm, prompts[s:s + 256], [r.positive for _, r in chunk], [r.negative for _, r in chunk],
+                            fixed, reuse_prefix=not steering.all_positions)
+        for f in fractions:
+            pos, neg = scorer(Stacked([*others, steering.with_multiplier(f * steering.multiplier)]))
+            for i, (a, b) in enumerate(zip(pos, neg)):
+                lds[s + i].append(a - b)
+    mean_f = sum(fractions) / len(fractions)
+    var_f = sum((f - mean_f) ** 2 for f in fractions)
+    slopes = [sum((f - mean_f) * y for f, y in zip(fractions, ys)) / var_f for ys in lds]
+    n_cov = sum(s == "covered" for s, _ in recs)
+    n_unc = len(recs) - n_cov
+    share = splits.covered_share
+    weights = [share / n_cov if s == "covered" else (1 - share) / n_unc for s, _ in recs] if n_cov and n_unc \
+        else [1.0] * len(recs)
+    anti = sum(w for w, x in zip(weights, slopes) if x < 0) / sum(weights)
+    n = len(recs)
+    rows = [{"split": "all", "metric": "anti_steerable", "value": float(anti), "n": n}]
+    rows += [{"split": "all", "metric": f"slope_p{round(q * 100)}", "value": _weighted_quantile(slopes, weights, q),
+              "n": n} for q in (0.1, 0.5, 0.9)]
+    samples = [{"kind": "slope", "split": s, "prompt_id": r.id, "context": r.context, "slope": x,
+                "logit_diff": [round(v, 5) for v in ys], "multipliers": [f * steering.multiplier for f in fractions]}
+               for (s, r), x, ys in zip(recs, slopes, lds)]
+    return rows, [s for s in samples if math.isfinite(s["slope"])]
