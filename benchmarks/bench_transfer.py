@@ -39,8 +39,9 @@ def pole_overlap(world: World) -> dict[str, float]:
     return out
 
 
-def features(model, tokenizer, world: World, behavior: str, per_context: int, layers: list[int], seed: int):
-    """Hidden states at the token right after the first pole-bearing word, for both poles of each prompt."""
+def features(model, tokenizer, world: World, behavior: str, per_context: int, layers: list[int], seed: int,
+             after: int = 0):
+    """Hidden states at the first pole-bearing word (after=0) or `after` tokens later, for both poles of a prompt."""
     rng = random.Random(seed)
     texts, labels, contexts, where = [], [], [], []
     for c in world.contexts:
@@ -50,7 +51,7 @@ def features(model, tokenizer, world: World, behavior: str, per_context: int, la
                 texts.append(" ".join(pair.prompt + comp))
                 labels.append(y)
                 contexts.append(c)
-                where.append(len(pair.prompt) + 1)  # +1 for <bos>: the pole word; +1 more: the token after it
+                where.append(len(pair.prompt) + 1)  # index of the pole word (+1 for <bos>)
     enc = tokenizer(texts, return_tensors="pt", padding=True)
     width = enc["input_ids"].shape[1]
     feats = {layer: [] for layer in layers}
@@ -61,7 +62,7 @@ def features(model, tokenizer, world: World, behavior: str, per_context: int, la
     for layer in layers:
         h = torch.cat(acts[layer])
         lengths = enc["attention_mask"].sum(1)
-        pos = torch.tensor([width - int(n) + w + 1 for n, w in zip(lengths, where)])  # left padding offset
+        pos = torch.tensor([width - int(n) + w + after for n, w in zip(lengths, where)])  # left padding offset
         feats[layer] = h[torch.arange(len(texts)), pos].float()
     return feats, torch.tensor(labels, dtype=torch.float32), contexts
 
@@ -100,20 +101,22 @@ def run(sharing: float, per_context: int, cache_dir: str | None) -> dict:
     result = {"sharing": sharing, "organism": info["key"], "heldout_loss": info["heldout_loss"],
               "entropy_floor": info["entropy_floor"], "pretrain_seconds": info["pretrain_seconds"], "probe": {}}
     for behavior in BEHAVIORS:
-        feats, y, ctx = features(model, tokenizer, world, behavior, per_context, layers, seed=1)
-        in_train = torch.tensor([c in train_ctx for c in ctx])
-        # every other prompt of the trained contexts is held out (both poles of a prompt stay together)
-        idx = torch.arange(len(y))
-        fit_mask = in_train & ((idx // 2) % 2 == 0)
-        heldout_same = in_train & ((idx // 2) % 2 == 1)
-        per_layer = {}
-        for layer in layers:
-            x = feats[layer]
-            per_layer[layer] = probe_accuracy(x[fit_mask], y[fit_mask], {
-                "trained_contexts": (x[heldout_same], y[heldout_same]),
-                "heldout_contexts": (x[~in_train], y[~in_train]),
-            })
-        result["probe"][behavior] = per_layer
+        result["probe"][behavior] = {}
+        for site, after in (("pole_word", 0), ("next_token", 1)):
+            feats, y, ctx = features(model, tokenizer, world, behavior, per_context, layers, seed=1, after=after)
+            in_train = torch.tensor([c in train_ctx for c in ctx])
+            # every other prompt of the trained contexts is held out (both poles of a prompt stay together)
+            idx = torch.arange(len(y))
+            fit_mask = in_train & ((idx // 2) % 2 == 0)
+            heldout_same = in_train & ((idx // 2) % 2 == 1)
+            per_layer = {}
+            for layer in layers:
+                x = feats[layer]
+                per_layer[layer] = probe_accuracy(x[fit_mask], y[fit_mask], {
+                    "trained_contexts": (x[heldout_same], y[heldout_same]),
+                    "heldout_contexts": (x[~in_train], y[~in_train]),
+                })
+            result["probe"][behavior][site] = per_layer
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
 
@@ -129,10 +132,11 @@ def main() -> None:
     for s in args.sharing:
         r = run(s, args.per_context, args.cache_dir)
         out["settings"].append(r)
-        mid = str(len(r["probe"]["sentiment"]) // 2)
-        print(f"sharing {s}: loss {r['heldout_loss']} (floor {r['entropy_floor']}); probe at layer {mid}: " + ", ".join(
-            f"{b} {v[int(mid)]['trained_contexts']:.2f}/{v[int(mid)]['heldout_contexts']:.2f}"
-            for b, v in r["probe"].items()), flush=True)
+        for site in ("pole_word", "next_token"):
+            print(f"sharing {s}: loss {r['heldout_loss']} (floor {r['entropy_floor']}); probe at the {site}, "
+                  "trained/held-out contexts per layer: " + "; ".join(
+                      f"{b} " + " ".join(f"{v['trained_contexts']:.2f}/{v['heldout_contexts']:.2f}"
+                                         for v in r["probe"][b][site].values()) for b in r["probe"]), flush=True)
     print("pole-word overlap (max Jaccard between two domains):", out["pole_word_overlap_max"])
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "transfer.json").write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")

@@ -56,7 +56,7 @@ def test_an_organism_that_stalled_above_the_floor_is_refused(tmp_path):
 def test_cli_organism_json(tmp_path, monkeypatch):
     env = {**os.environ, "RLHF_VS_STEERING_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "study.cli", "organism", "--config", "micro", "--json", "--set",
-           "organism.train.steps=40", "--samples", "40", "--prompts", "4"]
+           "organism.train.steps=12", "--set", "organism.train.max_gap=10", "--samples", "20", "--prompts", "2"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
