@@ -10,6 +10,14 @@ and stores `intervention.chosen` (the values the method tuned) in the cell recor
         Config = MyConfig                     # a frozen dataclass; fields settable from the study config
         def __init__(self, config: MyConfig): ...
         def fit(self, ctx: FitContext) -> Intervention: ...
+
+Two optional hooks the runner looks for (see docs/adding_a_method.md):
+
+    uses_labels = False                       # on the method class, or a function of its Config: the grid then
+                                              # runs it at budget 0 only
+    def extra_metrics(self, lm, target, splits, others=()) -> tuple[list[dict], list[dict]]:
+        ...                                   # on the Intervention: more tidy rows {split, metric, value, n} and
+                                              # per-sample JSONL records; `others`: the other parts of a stack
 """
 
 from __future__ import annotations
@@ -33,10 +41,16 @@ class FitContext:
     seed: int
     config: Any  # the method's own Config instance
     device: str = "cpu"
-    # Score an intervention on select prompts by judgments bought from the labeler (see study.evaluate).
+    # Score an intervention on select prompts by judgments bought from the labeler: the runner passes
+    # `select_score(intervention, records=None, **kw) -> {"behavior", "fluency", "labels", "n"}` (study.evaluate's
+    # select_score bound to this cell's model, target, labeler and seed; `records` default to `select`; keyword
+    # arguments such as n_per_prompt / max_labels pass through). Inside a stack it scores the earlier parts plus this one.
     select_score: Callable[..., dict] | None = None
     work_dir: Path | None = None  # scratch space for trainers (outputs only under the user's results dir)
     log: Callable[[str], None] = field(default=lambda msg: None)
+    # In a stack (e.g. "dpo+steering"): the parts fitted before this one. They are active while `fit` runs (hooks,
+    # adapters); a method that renders prompts itself should pass them through `prior.prompt(text)`.
+    prior: Intervention | None = None
 
 
 class Intervention:

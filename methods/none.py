@@ -18,6 +18,7 @@ class NoneConfig:
 class NoMethod:
     name = "none"
     Config = NoneConfig
+    uses_labels = False  # the grid runs it once per condition, at budget 0
 
     def __init__(self, config: NoneConfig | None = None):
         self.config = config or NoneConfig()

@@ -15,6 +15,12 @@ from study.errors import UserError
 REGISTRY: dict[str, str] = {
     "none": "methods.none:NoMethod",
     "prompting": "methods.prompting:Prompting",
+    "steering": "methods.steering:Steering",
+    "steering_pca": "methods.steering_pca:SteeringPCA",
+    "lora_sft": "methods.lora_sft:LoraSFT",
+    "dpo": "methods.dpo:DPO",
+    "rlhf": "methods.rlhf:RLHF",
+    "bon": "methods.bon:BestOfN",
 }
 
 
@@ -44,4 +50,9 @@ def resolve(name: str) -> type:
     if missing:
         raise UserError(f"method '{name}': {path} does not satisfy the Method protocol (missing "
                         f"{', '.join(missing)}; see methods/base.py)")
+    import dataclasses
+
+    if not isinstance(cls, type) or not callable(cls.fit) or not dataclasses.is_dataclass(cls.Config):
+        raise UserError(f"method '{name}': {path} does not satisfy the Method protocol (it must be a class with a "
+                        f"`fit` method and a dataclass `Config`; see methods/base.py)")
     return cls

@@ -40,7 +40,9 @@ def user_errors():
     try:
         yield
     except UserError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -125,6 +127,115 @@ def _print_organism(out: dict) -> None:
     con.print(table)
     for s in out["samples"][:4]:
         con.print(f"  [dim]{s}[/dim]", highlight=False)
+
+
+# ---- study evaluate -------------------------------------------------------------------------------------------------
+@app.command("evaluate")
+def evaluate_cmd(model: Annotated[str, typer.Option(help="'organism' (from --config), a Hugging Face name or a "
+                                                         "local folder.")] = "organism",
+                 target: Annotated[Optional[list[str]], typer.Option(
+                     "--target", "-t", help="sentiment, sycophancy, refusal, or an A/B JSON(L) / preference JSONL "
+                                            "file / datasets folder (repeatable; default: the organism's three).")
+                 ] = None,
+                 config: ConfigOpt = None, set_: SetOpt = None,
+                 as_json: Annotated[bool, typer.Option("--json", help="Print {target: {split: {metric: value}}}.")]
+                 = False,
+                 anticipation: Annotated[float, typer.Option(help="Share of contexts counted as covered.")] = 0.5,
+                 completions: Annotated[int, typer.Option(help="Completions per test prompt.")] = 4,
+                 prompts: Annotated[int, typer.Option(help="Test prompts per split.")] = 200,
+                 temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
+                 seed: Annotated[int, typer.Option(help="Seed of the splits and the sampling.")] = 0,
+                 scorer: Annotated[Optional[str], typer.Option(help="Scorer for open-ended completions of external "
+                                                                    "targets: module:function or a reward-model "
+                                                                    "folder.")] = None,
+                 device: Annotated[Optional[str], typer.Option(help="cpu, cuda, ... (default: cuda if "
+                                                                    "available).")] = None,
+                 cache_dir: Annotated[Optional[str], typer.Option(help="Organism cache directory.")] = None):
+    """Evaluate a model with no intervention on every split: where it starts, before any feedback."""
+    with user_errors():
+        from study.evaluate import evaluate_model
+
+        if completions < 1 or prompts < 1:
+            raise UserError(f"--completions {completions} / --prompts {prompts}: must be positive")
+        out = evaluate_model(model, list(target or []), config=config, overrides=set_ or [], anticipation=anticipation,
+                             n_completions=completions, n_test=prompts, temperature=temperature, seed=seed,
+                             scorer=scorer, device=device, cache_dir=cache_dir, quiet=as_json,
+                             load_organism=build_organism)
+        if as_json:
+            typer.echo(json.dumps(out, sort_keys=True))
+            return
+        _print_evaluation(out)
+
+
+def _print_evaluation(out: dict) -> None:
+    from rich.table import Table
+
+    con = Console()
+    for name, splits in out.items():
+        table = Table(title=f"{name}: base model, no intervention")
+        table.add_column("metric")
+        for split in splits:
+            table.add_column(split, justify="right")
+        for m in dict.fromkeys(m for values in splits.values() for m in values):
+            cells = []
+            for values in splits.values():
+                v = values.get(m, "")
+                cells.append("-" if v is None else v if v == "" else f"{v:.3f}")
+            table.add_row(m, *cells)
+        con.print(table)
+
+
+# ---- study run / list / report ------------------------------------------------------------------------------------
+@app.command()
+def run(config: Annotated[Optional[str], typer.Argument(help="A YAML file or a name under study/configs/ "
+                                                             "(default: default).")] = None,
+        set_: SetOpt = None,
+        executor: Annotated[str, typer.Option(help="local (worker processes) or ray.")] = "local",
+        workers: Annotated[Optional[int], typer.Option(help="Cells at a time (default: the config's `workers`; "
+                                                             "0 there: one per core for organism studies).")] = None,
+        address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local Ray).")] = None,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells, marking the stored ones; "
+                                                                "run nothing.")] = False,
+        results: Annotated[Optional[str], typer.Option(help="Results directory (default: the config's "
+                                                            "results_dir).")] = None,
+        retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run the cells stored as failed "
+                                                                          "again.")] = False):
+    """Run a study: every cell of the grid not stored yet. Interrupted runs resume where they stopped."""
+    with user_errors():
+        from study.runner import run_study
+
+        try:
+            summary = run_study(config, set_ or [], executor=executor, workers=workers, address=address,
+                                dry_run=dry_run, results=results, retry_failed=retry_failed, console=err)
+        except KeyboardInterrupt:
+            err.print("interrupted: finished cells are stored; run the same command again to resume", highlight=False)
+            raise typer.Exit(130) from None
+    raise typer.Exit(summary.exit_code)
+
+
+@app.command("list")
+def list_(what: Annotated[str, typer.Argument(help="methods or targets")]):
+    """List the registered methods (with their config fields) or the built-in targets."""
+    with user_errors():
+        from study.runner import describe_methods, describe_targets
+
+        if what not in ("methods", "targets"):
+            raise UserError(f"study list {what!r}: expected 'methods' or 'targets'")
+        for line in describe_methods() if what == "methods" else describe_targets():
+            typer.echo(line)
+
+
+@app.command()
+def report(results: Annotated[str, typer.Option(help="Results directory of a study.")] = "results/default",
+           out: Annotated[str, typer.Option(help="Where REPORT.md and the figures go.")] = "reports"):
+    """Write REPORT.md and the figures from a results directory (analysis.report.write_report)."""
+    with user_errors():
+        if not Path(results).is_dir():
+            raise UserError(f"--results {results}: no such results directory (run `study run` first)")
+        from analysis.report import write_report
+
+        write_report(results, out)
+        typer.echo(f"wrote {Path(out) / 'REPORT.md'}")
 
 
 def main() -> None:

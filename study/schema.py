@@ -2,15 +2,62 @@
 
     cfg = load_study("default", overrides=["organism.world.sharing=0.6"])
     cfg.organism.world.sharing   # 0.6
+
+The grid (expanded into cells by study.grid): models x methods x targets x budgets x anticipations x labeler noise x
+labeler misspecification x seeds, every combination (`design: factorial`) or each of the three dials varied alone
+around its first value (`design: one_at_a_time`). See study/configs/default.yaml for a commented example.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
-from study.config import check, load_config
+from study.config import check, from_dict, load_config
+from study.labeler import LabelerConfig
 from study.organism.pretrain import OrganismConfig
+from study.targets import SplitSizes
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One entry of `models`: a plain string is shorthand for {name: s, path: s}."""
+
+    name: str = "organism"  # the `model` column of the results
+    path: str = "organism"  # "organism" (the study's organism section), a Hugging Face name or a local folder
+    organism: dict[str, Any] = field(default_factory=dict)  # overrides of the organism section, e.g. {world: {sharing: 0.1}}
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+
+    def validate(self) -> None:
+        check(bool(self.name.strip()), "name", self.name, "must not be empty")
+        check(bool(self.path.strip()), "path", self.path, "must not be empty")
+        check(self.path == "organism" or not self.organism, "organism", self.organism,
+              "organism overrides apply only to path 'organism'")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How each cell is evaluated (study.evaluate): split sizes, completions per prompt, sampling temperature."""
+
+    sizes: SplitSizes = field(default_factory=SplitSizes)
+    n_completions: int = 4
+    temperature: float = 1.0
+    drift: bool = True  # report the other organism targets' drift (side effects)
+    drift_completions: int = 1
+    batch_size: int = 512
+
+    def validate(self) -> None:
+        for name in ("n_completions", "drift_completions", "batch_size"):
+            check(getattr(self, name) >= 1, name, getattr(self, name), "must be a positive integer")
+        check(self.temperature >= 0, "temperature", self.temperature, "must be >= 0")
+
+
+def _unique(name: str, values: tuple) -> None:
+    check(len(values) > 0, name, list(values), "must list at least one value")
+    check(len(set(values)) == len(values), name, list(values), "lists a value twice")
 
 
 @dataclass(frozen=True)
@@ -19,9 +66,61 @@ class StudyConfig:
     organism: OrganismConfig = field(default_factory=OrganismConfig)
     cache_dir: str | None = None  # organism cache; default: ~/.cache/rlhf-vs-steering (or $RLHF_VS_STEERING_CACHE)
     results_dir: str = "results"
+    # ---- the grid ----
+    models: tuple[Any, ...] = ("organism",)  # names/paths, or ModelSpec mappings
+    methods: tuple[str, ...] = ("none",)  # registry names, "a+b" stacks, or "module:Class"
+    method_config: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> fields of its Config
+    targets: tuple[str, ...] = ("sentiment",)  # organism targets or paths to external target files
+    scorer: str | None = None  # for external open-ended targets: "module:function" or a reward-model folder
+    budgets: tuple[int, ...] = (64,)  # feedback budget per cell, in cost units
+    method_budgets: dict[str, tuple[int, ...]] = field(default_factory=dict)  # method -> its own budgets instead
+    anticipations: tuple[float, ...] = (0.5,)
+    labeler_noise: tuple[float, ...] = (0.0,)
+    labeler_misspec: tuple[float, ...] = (0.0,)
+    seeds: tuple[int, ...] = (0,)
+    design: Literal["factorial", "one_at_a_time"] = "factorial"
+    labeler: LabelerConfig = field(default_factory=LabelerConfig)  # label costs (noise/misspec: the lists above)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    workers: int = 0  # local worker processes; 0: one per CPU core for organism-only studies, else 1
+    threads: int = 0  # torch threads per worker (or Ray task); 0: the CPU cores divided between the workers
 
     def validate(self) -> None:
         check(bool(self.name.strip()), "name", self.name, "must not be empty")
+        for name in ("methods", "targets", "budgets", "anticipations", "labeler_noise", "labeler_misspec", "seeds"):
+            _unique(name, getattr(self, name))
+        check(len(self.models) > 0, "models", list(self.models), "must list at least one model")
+        names = [m.name for m in self.model_specs()]
+        check(len(set(names)) == len(names), "models", names, "two models share a name")
+        for b in self.budgets:
+            check(b >= 0, "budgets", b, "must be >= 0")
+        for m, bs in self.method_budgets.items():
+            check(m in self.methods, f"method_budgets.{m}", list(bs), f"'{m}' is not among the study's methods")
+            _unique(f"method_budgets.{m}", bs)
+            for b in bs:
+                check(b >= 0, f"method_budgets.{m}", b, "must be >= 0")
+        for a in self.anticipations:
+            check(0.0 <= a <= 1.0 and not math.isnan(a), "anticipations", a, "must lie in [0, 1]")
+        for e in self.labeler_noise:
+            check(0.0 <= e <= 0.5, "labeler_noise", e, "must lie in [0, 0.5]")
+        for p in self.labeler_misspec:
+            check(0.0 <= p <= 1.0, "labeler_misspec", p, "must lie in [0, 1]")
+        check(self.labeler.noise == 0 and self.labeler.misspec == 0, "labeler", {"noise": self.labeler.noise,
+              "misspec": self.labeler.misspec}, "set noise and misspecification with labeler_noise/labeler_misspec")
+        for m in self.methods:
+            check(bool(m.strip()) and all(p.strip() for p in m.split("+")), "methods", m, "empty method name")
+        check(self.workers >= 0, "workers", self.workers, "must be >= 0 (0: automatic)")
+        check(self.threads >= 0, "threads", self.threads, "must be >= 0 (0: automatic)")
+
+    def model_specs(self) -> list[ModelSpec]:
+        """`models` as ModelSpecs (a string s is {name: s, path: s})."""
+        out = []
+        for i, m in enumerate(self.models):
+            if isinstance(m, str):
+                m = {"name": m, "path": m}
+            elif isinstance(m, dict) and "name" in m and "path" not in m and "organism" in m:
+                m = {**m, "path": "organism"}
+            out.append(from_dict(ModelSpec, m, prefix=f"models[{i}]"))
+        return out
 
 
 def load_study(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:

@@ -1,0 +1,129 @@
+"""Benchmark: the study runner. 1 vs 2 local workers on one grid (target: >= 1.6x), and a warm rerun of the default
+study (every cell stored; target: under 30 s). Optionally the default study from a cold cache (target: 15 minutes).
+
+Every figure is the wall time of the `study run` command itself (a subprocess: imports, spawning workers, writing the
+table included), with fresh results directories for the worker comparison. The worker grid runs on the default
+organism (pretrained into the cache first if needed, not timed): none and prompting on two targets and three seeds
+(18 cells), with the default study's evaluation sizes. One worker gets both cores as torch threads (the runner's
+policy); it is also timed with one thread, which isolates what the second process adds. Records benchmarks/results/runner.json.
+
+    .venv/bin/python benchmarks/bench_runner.py                    # workers + warm rerun (runs the default study
+                                                                   #   first if results/default is incomplete)
+    .venv/bin/python benchmarks/bench_runner.py --cold             # also: the default study from an empty cache
+    .venv/bin/python benchmarks/bench_runner.py --repeat 2         # 1, 2, then 2, 1 workers; the best of each kept
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = [sys.executable, "-m", "study.cli", "run"]
+GRID = ["methods=[none, prompting]", "targets=[sentiment, sycophancy]", "seeds=[0,1,2]", "anticipations=[0.5]",
+        "method_budgets={prompting: [0, 4]}"]
+SPEEDUP_TARGET, WARM_TARGET_S, COLD_TARGET_S = 1.6, 30.0, 900.0
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return sum((["--set", o] for o in overrides), [])
+
+
+def timed(args: list[str], env: dict[str, str]) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} exited {r.returncode}:\n{r.stderr[-3000:]}")
+    return seconds, r.stderr
+
+
+def cell_seconds(results: Path) -> list[float]:
+    return [json.loads(p.read_text())["provenance"]["durations"]["total"] for p in (results / "cells").glob("*.json")]
+
+
+def record_workers(out: dict, rounds: list[dict]) -> None:
+    best1 = min(r["1w0t"]["seconds"] for r in rounds)
+    best2 = min(r["2w0t"]["seconds"] for r in rounds)
+    best1t = min(r["1w1t"]["seconds"] for r in rounds)
+    out["workers"] = {"grid": "default organism; none + prompting (budgets 0, 4); sentiment, sycophancy; "
+                              "seeds 0, 1, 2; anticipation 0.5; default eval sizes",
+                      "overrides": GRID, "cells": rounds[0]["1w0t"]["cells"], "rounds": rounds,
+                      "one_worker_seconds": best1, "two_workers_seconds": best2,
+                      "one_worker_one_thread_seconds": best1t, "speedup": round(best1 / best2, 3),
+                      "speedup_vs_one_thread": round(best1t / best2, 3), "target_speedup": SPEEDUP_TARGET,
+                      "within_target": best1 / best2 >= SPEEDUP_TARGET}
+    print(f"speedup {best1 / best2:.2f}x (target {SPEEDUP_TARGET}x); vs one worker on one thread "
+          f"{best1t / best2:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of the worker comparison; the best is kept")
+    parser.add_argument("--cold", action="store_true", help="also time the default study from an empty cache")
+    parser.add_argument("--skip-workers", action="store_true", help="leave out the 1 vs 2 workers comparison")
+    parser.add_argument("--skip-warm", action="store_true", help="leave out the warm rerun of the default study")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "runner.json")
+    args = parser.parse_args()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out: dict = {"benchmark": "study runner", "command": "python " + " ".join(["benchmarks/bench_runner.py"] + sys.argv[1:]),
+                 "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                             "python": platform.python_version(), "load_average_at_start": os.getloadavg()}}
+
+    # the organism the grid needs, pretrained (untimed) before any timing
+    timed(STUDY + ["default", "--dry-run"], env)
+    subprocess.run([sys.executable, "-m", "study.cli", "organism", "--config", "default", "--json", "--samples", "1",
+                    "--prompts", "1"], cwd=ROOT, env=env, check=True, capture_output=True)
+
+    if args.out.is_file():  # keep the figures of the parts not rerun
+        out = {**json.loads(args.out.read_text()), **{k: v for k, v in out.items() if k != "command"}}
+    with tempfile.TemporaryDirectory() as tmp:
+        rounds = []
+        for i in range(0 if args.skip_workers else args.repeat):
+            row = {}
+            configs = [(1, 0), (2, 0), (1, 1)]  # (workers, threads; 0 = the runner's choice)
+            for workers, threads in (configs if i % 2 == 0 else configs[::-1]):  # ABBA: load drift cancels
+                results = Path(tmp) / f"w{workers}t{threads}-{i}"
+                seconds, _ = timed(STUDY + ["default", "--workers", str(workers), "--results", str(results)]
+                                   + _sets(GRID + [f"threads={threads}"]), env)
+                row[f"{workers}w{threads}t"] = {"seconds": round(seconds, 2), "cells": len(cell_seconds(results)),
+                                                "cell_seconds_sum": round(sum(cell_seconds(results)), 2)}
+            rounds.append(row)
+            print(f"round {i}: " + ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in row.items()), flush=True)
+        if rounds:
+            record_workers(out, rounds)
+
+        if args.cold:
+            cache, results = Path(tmp) / "cold-cache", Path(tmp) / "cold-results"
+            seconds, log = timed(STUDY + ["default", "--results", str(results)], {**env,
+                                                                                   "RLHF_VS_STEERING_CACHE": str(cache)})
+            out["cold_default"] = {"seconds": round(seconds, 1), "cells": len(cell_seconds(results)),
+                                   "target_seconds": COLD_TARGET_S, "within_target": seconds <= COLD_TARGET_S,
+                                   "summary": log.strip().splitlines()[-1]}
+            print(f"default study from a cold cache: {seconds:.0f} s")
+
+    dry = subprocess.run(STUDY + ["default", "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True).stdout
+    if not args.skip_warm and " 0 to run" not in dry:
+        print(f"warm rerun skipped: results/default is incomplete ({dry.strip().splitlines()[-1]}); run "
+              f"`study run default` first")
+    elif not args.skip_warm:
+        seconds, log = timed(STUDY + ["default"], env)
+        assert "0 computed now" in log, log
+        out["warm_default"] = {"seconds": round(seconds, 2), "cells": int(dry.strip().splitlines()[-1].split()[0]),
+                               "target_seconds": WARM_TARGET_S, "within_target": seconds < WARM_TARGET_S}
+        print(f"warm rerun of the default study: {seconds:.2f} s")
+    out["machine"]["load_average_at_end"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+"""Shared plumbing of the trained methods (lora_sft, dpo, rlhf, bon): buying feedback, the LoRA intervention, fair
+selection of the training length on the select split, and keeping the shared base model untouched by TRL.
+
+The budget rule, the same for every trained method and every budget (see `split_budget`): a share `select_share` of the
+cell's budget is kept for selection when it buys at least `MIN_JUDGMENTS` judgments per candidate; the rest buys the
+method's training labels (comparisons or demonstrations); whatever training labels cannot use (a demonstration costs 4)
+goes to selection too. Candidates are adapter snapshots along one training run (fractions of its steps), each judged on
+the same number of select prompts with the adapter active; the best share of completions rated good wins, ties going
+to the earlier snapshot (closer to the base model). Without a selection budget the last snapshot is used.
+
+    fit_units, select_units = split_budget(ctx.labeler, ctx.budget, share=0.25, candidates=4)
+    pairs = buy_comparisons(ctx, fit_units)                  # two base samples per pool prompt, compared by the labeler
+    best, table = select_best(ctx, candidates)               # judged with each candidate active
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from methods.base import FitContext, Intervention
+
+MIN_JUDGMENTS = 8  # per candidate: below this, selection is noise and the budget goes to training labels instead
+
+
+# ---- the budget ----------------------------------------------------------------------------------------------------
+def split_budget(labeler: Any, budget: int, share: float, candidates: int) -> tuple[int, int]:
+    """(units for training labels, units kept for selection). Selection only when there are several candidates and
+    the kept share pays MIN_JUDGMENTS judgments for each."""
+    keep = int(round(share * budget)) if candidates > 1 else 0
+    if keep < candidates * MIN_JUDGMENTS * labeler.cost("judge"):
+        keep = 0
+    return budget - keep, keep
+
+
+# ---- buying feedback -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Preference:
+    prompt: str  # the record's prompt, as the labeler saw it
+    chosen: str
+    rejected: str
+    tie: bool
+
+
+def _records(ctx: FitContext, salt: str) -> list:
+    recs = list(ctx.pool)
+    random.Random(f"{ctx.seed}:{salt}").shuffle(recs)
+    return recs
+
+
+def rendered(ctx: FitContext, prompt: str) -> str:
+    """The prompt as the model reads it: rewritten by earlier parts of a stack, then in the chat template."""
+    from study.evaluate import render
+
+    return render(ctx.model.tokenizer, ctx.prior, prompt, ctx.target.chat)
+
+
+def buy_comparisons(ctx: FitContext, units: int, *, temperature: float = 1.0, max_rounds: int = 8) -> list[Preference]:
+    """Spend `units` on comparisons. Organism-style targets: two completions sampled from the base model for each
+    feedback prompt, compared by the labeler (identical or already-answered pairs are not asked). Data-set targets:
+    each record's own pair (one record = one label)."""
+    from study.evaluate import generate
+
+    labeler, cost = ctx.labeler, ctx.labeler.cost("compare", record_backed=ctx.target.dataset_labels)
+    start, out = labeler.budget.spent, []
+    left = lambda: units - (labeler.budget.spent - start)  # noqa: E731
+    recs = _records(ctx, "compare")
+    if ctx.target.dataset_labels:
+        for r in recs * max_rounds:
+            if left() < cost:
+                break
+            if labeler.is_cached("compare", r.prompt, r.positive, r.negative):
+                continue
+            c = labeler.compare(r.prompt, r.positive, r.negative)
+            out.append(Preference(r.prompt, c.chosen, c.rejected, c.tie))
+        return out
+    for rnd in range(max_rounds):
+        if left() < cost:
+            break
+        batch = (recs * (left() // len(recs) + 2))[: int(left() / cost * 1.25) + 8]
+        comps = generate(ctx.model.model, ctx.model.tokenizer, [rendered(ctx, r.prompt) for r in batch], None, n=2,
+                         temperature=temperature, max_new_tokens=ctx.target.max_new_tokens,
+                         seed=ctx.seed * 7919 + rnd)
+        for r, (a, b) in zip(batch, comps):
+            if left() < cost:
+                break
+            if a == b or labeler.is_cached("compare", r.prompt, a, b):
+                continue
+            c = labeler.compare(r.prompt, a, b)
+            out.append(Preference(r.prompt, c.chosen, c.rejected, c.tie))
+    return out
+
+
+def buy_demonstrations(ctx: FitContext, units: int, max_rounds: int = 8) -> list[tuple[str, str]]:
+    """Spend what `units` can pay on written demonstrations of pool prompts: (prompt, completion) pairs."""
+    labeler, cost = ctx.labeler, ctx.labeler.cost("demonstrate", record_backed=True)
+    start, out = labeler.budget.spent, []
+    for r in _records(ctx, "demonstrate") * max_rounds:
+        if units - (labeler.budget.spent - start) < cost:
+            break
+        if labeler.is_cached("demonstrate", r.prompt, r.positive, r.negative):
+            continue
+        out.append((r.prompt, labeler.demonstrate(r)))
+    return out
+
+
+# ---- the shared base model stays the base model --------------------------------------------------------------------
+@contextmanager
+def isolated_training(model: Any) -> Iterator[None]:
+    """Undo what a TRL trainer leaves on the shared model: parameter freezing, train mode, the fused-LM-head forward
+    it patches onto the instance, tags, and generation/config edits. Adapters are removed by the caller (unload)."""
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    was_training = model.training
+    keys = set(model.__dict__)
+    gen = copy.deepcopy(getattr(model, "generation_config", None))
+    text_cfg = model.config.get_text_config()
+    cfg_ids = {k: getattr(text_cfg, k, None) for k in ("pad_token_id", "eos_token_id", "bos_token_id")}
+    try:
+        yield
+    finally:
+        strip_adapters(model)  # a trainer that failed after wrapping the model leaves its adapter behind
+        for k in set(model.__dict__) - keys:
+            del model.__dict__[k]
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags.get(n, p.requires_grad))
+        if gen is not None:
+            model.generation_config = gen
+        for k, v in cfg_ids.items():
+            setattr(text_cfg, k, v)
+        model.train(was_training)
+
+
+def strip_adapters(model: Any) -> None:
+    """Put back the original module wherever PEFT injected an adapter layer into `model`."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer) and name:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            if getattr(parent, child, None) is module:
+                setattr(parent, child, module.get_base_layer())
+
+
+def adapter_state(peft_model: Any) -> dict[str, Any]:
+    """The trainable adapter weights of a PeftModel (PEFT's own key format), detached copies on the CPU."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(peft_model).items()}
+
+
+def snapshot_callback(steps: list[int], store: dict[int, dict]) -> Any:
+    """A TrainerCallback that copies the adapter weights at each of `steps` into `store` (step -> state dict)."""
+    from transformers import TrainerCallback
+
+    wanted = set(steps)
+
+    class _Snapshots(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kw):
+            if state.global_step in wanted and model is not None:
+                store[state.global_step] = adapter_state(model)
+
+    return _Snapshots()
+
+
+def snapshot_steps(max_steps: int, fractions: tuple[float, ...]) -> list[int]:
+    return sorted({max(1, min(max_steps, round(f * max_steps))) for f in fractions} | {max_steps})
+
+
+def train_adapter(model: Any, make_trainer: Any, snapshots: list[int]) -> tuple[Any, dict[int, dict], Any]:
+    """Run the TRL trainer that `make_trainer(callbacks)` builds around `model` (it wraps the model with its
+    `peft_config`), copying the adapter at each step of `snapshots`; then unload the adapter, so the shared model is
+    the base model again. Returns (the adapter's PEFT config, {step: adapter weights}, the trainer)."""
+    from methods.trl_presets import silence_trainer
+
+    store: dict[int, dict] = {}
+    with isolated_training(model):
+        trainer = silence_trainer(make_trainer([snapshot_callback(snapshots, store)]))
+        peft_model = trainer.accelerator.unwrap_model(trainer.model)
+        try:
+            trainer.train()
+        finally:
+            peft_config = peft_model.peft_config["default"]
+            peft_model.unload()
+    return peft_config, store, trainer
+
+
+# ---- the intervention ----------------------------------------------------------------------------------------------
+class LoraIntervention(Intervention):
+    """A trained LoRA adapter. Inside `with`, it is injected into the shared model (PEFT); on exit the original
+    modules are put back, so outside the block the model is the base model, bit for bit."""
+
+    def __init__(self, model: Any = None, peft_config: Any = None, state: dict | None = None,
+                 chosen: dict | None = None):
+        super().__init__()
+        self.model, self.peft_config, self.state = model, peft_config, state or {}
+        self.chosen = dict(chosen or {})
+        self._depth = 0
+        self._name = f"rvs_{id(self):x}"
+
+    @contextmanager
+    def _activate(self, prompt_width: int | None) -> Iterator[None]:
+        if self._depth == 0:
+            self._attach()
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self._detach()
+
+    def _attach(self) -> None:
+        from peft import inject_adapter_in_model, set_peft_model_state_dict
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        if any(isinstance(m, BaseTunerLayer) for m in self.model.modules()):
+            raise RuntimeError("another adapter is already active on this model: stack at most one adapter method "
+                               "(e.g. dpo+steering, not dpo+lora_sft)")
+        cfg = copy.deepcopy(self.peft_config)
+        cfg.inference_mode = True
+        self._flags = {n: p.requires_grad for n, p in self.model.named_parameters()}
+        self._had_cfg = "peft_config" in self.model.__dict__
+        inject_adapter_in_model(cfg, self.model, adapter_name=self._name)
+        try:
+            result = set_peft_model_state_dict(self.model, self.state, adapter_name=self._name)
+        except BaseException:
+            self._detach()
+            raise
+        if result.unexpected_keys:
+            self._detach()
+            raise RuntimeError(f"adapter weights do not fit the model: unexpected keys {result.unexpected_keys[:3]}")
+
+    def _detach(self) -> None:
+        strip_adapters(self.model)
+        if not self._had_cfg:
+            self.model.__dict__.pop("peft_config", None)
+        for n, p in self.model.named_parameters():
+            p.requires_grad_(self._flags.get(n, p.requires_grad))
+
+    def num_parameters(self) -> int:
+        return sum(v.numel() for v in self.state.values())
+
+    # ---- save/load: PEFT's own format (adapter_config.json + adapter_model.safetensors) -------------------------
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.peft_config.save_pretrained(str(path))
+        save_file({k: v.contiguous() for k, v in self.state.items()}, str(path / "adapter_model.safetensors"))
+        (path / "intervention.json").write_text(json.dumps({"type": type(self).__name__, "chosen": self.chosen},
+                                                           sort_keys=True, default=str))
+
+    @classmethod
+    def load(cls, path: str | Path, model: Any) -> "LoraIntervention":
+        from peft import PeftConfig
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        model = getattr(model, "model", model)  # a LoadedModel or the transformers model itself
+        meta = json.loads((path / "intervention.json").read_text())
+        return cls(model, PeftConfig.from_pretrained(str(path)), load_file(str(path / "adapter_model.safetensors")),
+                   meta["chosen"])
+
+
+# ---- selection on the select split ---------------------------------------------------------------------------------
+def judge(ctx: FitContext, intervention: Intervention | None, units: int, seed: int) -> dict[str, float]:
+    """Buy up to `units` judgments of completions sampled with `intervention` active on select prompts (in an order
+    that mixes contexts, the same for every candidate). Returns {"good": share rated good (unreadable counts as not
+    good), "n": ratings, "labels": units charged}."""
+    records = list(ctx.select)
+    random.Random(f"{ctx.seed}:select").shuffle(records)
+    if ctx.select_score is not None:  # the runner's: bound to the cell, and stacks the earlier parts under ours
+        score = ctx.select_score
+    else:
+        from study.evaluate import select_score
+
+        def score(iv, recs, **kw):
+            return select_score(ctx.model, None, ctx.target, ctx.labeler, recs, iv, **kw)
+    good = n = spent = 0.0
+    for rnd in range(8):
+        left = min(units - int(spent), ctx.labeler.budget.left)
+        if left < ctx.labeler.cost("judge"):
+            break
+        res = score(intervention, records, n_per_prompt=1, max_labels=left // ctx.labeler.cost("judge"),
+                    seed=seed * 1009 + rnd, max_new_tokens=ctx.target.max_new_tokens)
+        behavior = res["behavior"] if res["behavior"] == res["behavior"] else 0.0  # nan: nothing readable
+        good += behavior * res["fluency"] * res["n"]
+        n += res["n"]
+        spent += res["labels"]
+    return {"good": good / n if n else float("nan"), "n": int(n), "labels": int(spent)}
+
+
+def select_best(ctx: FitContext, candidates: list[tuple[Any, Intervention]]) -> tuple[int, list[dict]]:
+    """Index of the best candidate (key, intervention) by judged share of good completions, spending what is left of
+    the budget evenly across candidates; ties go to the earlier one. With one candidate or no budget: the last."""
+    left = ctx.labeler.budget.left
+    k = len(candidates)
+    if k == 1 or left < k * MIN_JUDGMENTS * ctx.labeler.cost("judge"):
+        return k - 1, []
+    table = []
+    for i, (key, cand) in enumerate(candidates):
+        units = left // k + (1 if i < left % k else 0)
+        res = judge(ctx, cand, units, seed=ctx.seed)
+        table.append({"candidate": key, **res})
+    best = max(range(k), key=lambda i: (table[i]["good"] if table[i]["n"] else -1.0, -i))
+    return best, table

@@ -1,0 +1,312 @@
+"""The study runner: expand a config into cells, skip the stored ones, run the rest, show progress, summarize.
+
+Stored cells are never recomputed: a cell whose file says "ok" is done, one that says "failed" is done too unless
+`retry_failed`. So an interrupted study (Ctrl-C, SIGKILL, a lost machine) resumes where it stopped when run again,
+and a warm rerun only reads the store and rewrites `table.parquet`.
+
+    summary = run_study("micro", ["seeds=[0,1]"], workers=2)
+    summary.ok, summary.failed, summary.exit_code          # exit_code 1 when any cell of the study failed
+    summary = run_study("micro", dry_run=True)               # lists the cells and marks the stored ones
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from study.errors import UserError
+from study.grid import Cell, expand, organisms
+from study.schema import StudyConfig, load_study
+from study.store import Store
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class RunSummary:
+    name: str
+    results_dir: str
+    total: int  # cells in the study
+    stored_before: int  # already stored when the run began (and not rerun)
+    computed: int = 0
+    ok: int = 0  # cells of the study stored ok at the end
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (run_id, label, error) of failed cells
+    seconds: float = 0.0
+    table_path: str | None = None
+    dry_run: bool = False
+    other_cells: int = 0  # cells in the results directory that are not part of this study (left in place)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def _fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "?"
+    s = int(round(s))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class Display:
+    """Cells done/total, each running cell with its stage, elapsed time and an estimate of what is left.
+
+    On a terminal a live panel; elsewhere (logs, CI, tests) one line per finished cell.
+    """
+
+    def __init__(self, cells: list[Cell], total: int, done_before: int, concurrency: int, console: Console):
+        self.labels = {c.run_id: c.label for c in cells}
+        self.total, self.done, self.concurrency = total, done_before, max(1, concurrency)
+        self.todo = len(cells)
+        self.finished = 0
+        self.failed = 0
+        self.durations: list[float] = []
+        self.running: dict[str, list[Any]] = {}  # run_id -> [stage, started]
+        self.console = console
+        self.t0 = time.perf_counter()
+        self.live = Live(get_renderable=self._render, console=console, refresh_per_second=4, transient=False) \
+            if console.is_terminal else None
+
+    def __enter__(self) -> "Display":
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def eta(self) -> float | None:
+        if not self.durations:
+            return None
+        mean = sum(self.durations) / len(self.durations)
+        now = time.perf_counter()
+        waiting = self.todo - self.finished - len(self.running)
+        in_flight = sum(max(0.0, mean - (now - r[1])) for r in self.running.values())
+        return (waiting * mean + in_flight) / self.concurrency
+
+    def event(self, ev: tuple) -> None:
+        kind, run_id = ev[0], ev[1]
+        if kind == "start":
+            self.running[run_id] = ["starting", time.perf_counter()]
+        elif kind == "stage":
+            self.running.setdefault(run_id, ["", time.perf_counter()])[0] = ev[2]
+        elif kind == "done":
+            status, error, seconds = ev[2], ev[3], ev[4]
+            self.running.pop(run_id, None)
+            self.finished += 1
+            self.done += 1
+            self.failed += status != "ok"
+            self.durations.append(float(seconds))
+            if self.live is None:
+                width = len(str(self.total))
+                line = (f"[{self.done:>{width}}/{self.total}] {status:<6} {run_id} {self.labels.get(run_id, '')} "
+                        f"({seconds:.1f} s; elapsed {_fmt_seconds(time.perf_counter() - self.t0)}, "
+                        f"eta {_fmt_seconds(self.eta())})")
+                self.console.print(line + (f": {error}" if error else ""), highlight=False, soft_wrap=True)
+            elif status != "ok":
+                self.console.print(f"[red]failed[/red] {run_id} {self.labels.get(run_id, '')}: {error}",
+                                   highlight=False, soft_wrap=True)
+
+    def _render(self) -> Group:
+        now = time.perf_counter()
+        head = Table.grid(padding=(0, 1))
+        head.add_row(Text("cells", style="bold"), ProgressBar(total=max(1, self.total), completed=self.done, width=40),
+                     Text(f"{self.done}/{self.total}"), Text(f"elapsed {_fmt_seconds(now - self.t0)}"),
+                     Text(f"eta {_fmt_seconds(self.eta())}"),
+                     Text(f"{self.failed} failed" if self.failed else "", style="red"))
+        body = Table.grid(padding=(0, 2))
+        for run_id, (stage, started) in sorted(self.running.items(), key=lambda kv: kv[1][1]):
+            body.add_row(Text(f"  {self.labels.get(run_id, run_id)}"), Text(stage, style="cyan"),
+                         Text(_fmt_seconds(now - started), style="dim"))
+        return Group(head, body)
+
+
+def _resolve(config: str | Path | StudyConfig | None, overrides: list[str] | tuple[str, ...]
+             ) -> tuple[StudyConfig, str]:
+    if isinstance(config, StudyConfig):
+        if overrides:
+            raise UserError("overrides apply to a config file, not to a StudyConfig object")
+        return config, "<StudyConfig>"
+    name = str(config) if config is not None else "default"
+    return load_study(name, list(overrides)), name
+
+
+def plan(config: str | Path | StudyConfig | None = None, overrides: list[str] | tuple[str, ...] = (),
+         results: str | Path | None = None) -> tuple[StudyConfig, list[Cell], Store]:
+    """The study, its cells and its store, with every input checked; writes nothing."""
+    study, source = _resolve(config, overrides)
+    if os.getcwd() not in sys.path:  # a user's `module:Class` next to their config, as `python -m` would find it
+        sys.path.insert(0, os.getcwd())
+    cache = str(Path(study.cache_dir).expanduser().resolve()) if study.cache_dir else None
+    cells = expand(study, source, cache)
+    return study, cells, Store(Path(results or study.results_dir))
+
+
+def print_cells(cells: list[Cell], status: dict[str, str], out: Any = None) -> None:
+    """One line per cell, status first (done / failed / todo), as plain aligned text (it is often piped)."""
+    out = out or sys.stdout
+    head = ("status", "run_id", "model", "method", "target", "budget", "anticipation", "noise", "misspec", "seed")
+    rows = [head] + [({"ok": "done", "failed": "failed"}.get(status.get(c.run_id, ""), "todo"), c.run_id, c.model,
+                      c.method, c.target, str(c.config["budget"]), f"{c.config['anticipation']:g}",
+                      f"{c.config['labeler']['noise']:g}", f"{c.config['labeler']['misspec']:g}",
+                      str(c.config["seed"])) for c in cells]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip(), file=out)
+
+
+def _ensure_organisms(cells: list[Cell], console: Console) -> None:
+    """Pretrain every organism the cells need, once, here, before workers start (they would race to do it)."""
+    from study.organism.pretrain import load_organism, organism_info
+
+    cache = cells[0].cache_dir if cells else None
+    for org in organisms(cells):
+        if organism_info(org, cache) is not None:
+            continue
+        console.print(f"pretraining organism {org.key()} ({org.train.steps} steps; cached for later runs)",
+                      highlight=False, soft_wrap=True)
+        if console.is_terminal:
+            from study.cli import progress_bar
+
+            with progress_bar("pretraining organism") as bar:
+                task = bar.add_task("pretraining organism", total=org.train.steps, info="")
+
+                def update(step: int, total: int, loss: float | None) -> None:
+                    bar.update(task, completed=step, total=total, **({"info": f"loss {loss:.3f}"} if loss else {}))
+
+                load_organism(org, cache, progress=update)
+        else:
+            load_organism(org, cache)
+
+
+def run_study(config: str | Path | StudyConfig | None = None, overrides: list[str] | tuple[str, ...] = (), *,
+              executor: str = "local", workers: int | None = None, address: str | None = None,
+              dry_run: bool = False, results: str | Path | None = None, retry_failed: bool = False,
+              console: Console | None = None, out: Any = None) -> RunSummary:
+    """Run a study (see the module docstring). Bad input raises UserError before anything is written."""
+    t0 = time.perf_counter()
+    console = console or Console(stderr=True)
+    if executor not in EXECUTORS:
+        raise UserError(f"--executor {executor!r}: unknown; valid: {', '.join(EXECUTORS)}")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers {workers}: must be at least 1")
+    if address and executor != "ray":
+        raise UserError("--address applies to --executor ray only")
+    study, cells, store = plan(config, overrides, results)
+    status = store.status()
+    todo = [c for c in cells if c.run_id not in status or (retry_failed and status[c.run_id] == "failed")]
+    summary = RunSummary(study.name, str(store.root), len(cells), len(cells) - len(todo), dry_run=dry_run)
+    if dry_run:
+        print_cells(cells, status, out)
+        done = sum(status.get(c.run_id) == "ok" for c in cells)
+        failed = sum(status.get(c.run_id) == "failed" for c in cells)
+        other = len(set(status) - {c.run_id for c in cells})
+        print(f"{len(cells)} cells: {done} done, {failed} failed, {len(todo)} to run"
+              + (" (failed ones rerun with --retry-failed)" if failed and not retry_failed else "")
+              + (f"; {other} other stored cell(s) are not part of this study" if other else ""), file=out or sys.stdout)
+        summary.seconds = time.perf_counter() - t0
+        return summary
+
+    store.ensure_writable()
+    store.clean_temporary()
+    if todo:
+        _ensure_organisms(todo, console)
+        auto = all(c.config["model"]["path"] == "organism" for c in cells)  # small models: a worker per core
+        from study.executors import cpu_count, run_local, run_ray
+
+        n = workers or study.workers or (cpu_count() if auto else 1)
+        concurrency = min(n, len(todo))
+        console.print(f"study {study.name}: {len(cells)} cells, {summary.stored_before} stored, {len(todo)} to run "
+                      f"({executor}, {concurrency} worker{'s' if concurrency != 1 else ''}); results in {store.root}",
+                      highlight=False, soft_wrap=True)
+        with Display(todo, len(cells), summary.stored_before, concurrency, console) as display:
+            if executor == "local":
+                run_local(todo, store, n, display.event, threads=study.threads or None)
+            else:
+                run_ray(todo, store, n, display.event, address=address, threads=study.threads or None)
+        summary.computed = display.finished
+        try:
+            (store.root / "work").rmdir()  # each cell removes its own scratch folder
+        except OSError:
+            pass
+    final = store.status()
+    labels = {c.run_id: c.label for c in cells}
+    summary.ok = sum(final.get(c.run_id) == "ok" for c in cells)
+    for c in cells:
+        if final.get(c.run_id) == "failed":
+            rec = store.read(c.run_id) or {}
+            summary.failed.append((c.run_id, labels[c.run_id], str(rec.get("error"))))
+    ids = {c.run_id for c in cells}
+    summary.other_cells = len(set(final) - ids)
+    from study.config import to_dict
+
+    store.write_index(study.name, to_dict(study), sorted(ids))
+    summary.table_path = str(store.export_parquet(run_ids=ids))
+    summary.seconds = time.perf_counter() - t0
+    print_summary(summary, console)
+    return summary
+
+
+def print_summary(s: RunSummary, console: Console) -> None:
+    missing = s.total - s.ok - len(s.failed)
+    console.print(f"study {s.name}: {s.total} cells, {s.ok} ok, {len(s.failed)} failed"
+                  + (f", {missing} missing" if missing else "")
+                  + f" ({s.computed} computed now, {s.stored_before} already stored) in {_fmt_seconds(s.seconds)}; "
+                    f"table: {s.table_path}", highlight=False, soft_wrap=True)
+    if s.other_cells:
+        console.print(f"  {s.other_cells} other cell(s) in {s.results_dir} are not part of this study (an earlier "
+                      f"config or organism): left in place, not in the table; study.json lists this study's cells",
+                      highlight=False, soft_wrap=True)
+    for run_id, label, error in s.failed[:20]:
+        console.print(f"  [red]failed[/red] {run_id} {label}: {error}", highlight=False, soft_wrap=True)
+    if len(s.failed) > 20:
+        console.print(f"  ... and {len(s.failed) - 20} more", highlight=False)
+    if s.failed:
+        console.print("  rerun with --retry-failed to compute the failed cells again", highlight=False)
+
+
+def describe_methods() -> list[str]:
+    """`study list methods`: each registered name, its class, what it is, and its config fields with defaults."""
+    import dataclasses
+    import importlib
+
+    from methods.registry import REGISTRY, resolve
+
+    lines = []
+    for name in sorted(REGISTRY):
+        try:
+            cls = resolve(name)
+        except UserError as exc:
+            lines.append(f"{name}  ({REGISTRY[name]}): not available: {exc}")
+            continue
+        doc = (importlib.import_module(cls.__module__).__doc__ or cls.__doc__ or "").strip().split("\n\n")[0]
+        lines.append(f"{name}  ({REGISTRY[name]}): {' '.join(doc.split())}")
+        fields = [f"{f.name}={f.default!r}" if f.default is not dataclasses.MISSING else f.name
+                  for f in dataclasses.fields(cls.Config)]
+        lines.append(f"    config ({cls.Config.__name__}): {', '.join(fields) or 'no fields'}")
+    lines.append("stacks: 'a+b' fits a, then b with a active (e.g. dpo+steering); your own method: 'module:Class' "
+                 "(docs/adding_a_method.md)")
+    return lines
+
+
+def describe_targets() -> list[str]:
+    """`study list targets`: the organism's targets with what they ask for, and the external formats."""
+    from study.organism.world import World, WorldConfig
+    from study.targets import available_targets, organism_target
+
+    world = World(WorldConfig())
+    lines = [f"{name}  (organism): {organism_target(name, world).description}" for name in available_targets()]
+    lines.append("a path  (external): A/B JSON(L) (question, answer_matching_behavior, answer_not_matching_behavior), "
+                 "preference JSONL (prompt, chosen, rejected) or a saved `datasets` folder")
+    return lines
