@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -36,13 +37,41 @@ def _sets(overrides: list[str]) -> list[str]:
     return sum((["--set", o] for o in overrides), [])
 
 
-def timed(args: list[str], env: dict[str, str]) -> tuple[float, str]:
-    t0 = time.perf_counter()
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all cores, /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+
+
+def own_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)  # reaped descendants too: the CLI joins its workers
+    return r.ru_utime + r.ru_stime
+
+
+def wait_for_idle(max_wait: float, quiet: float = 0.15) -> float:
+    """Wait (up to max_wait s) until other processes use under `quiet` of the cores; returns their share."""
+    deadline = time.time() + max_wait
+    while True:
+        b0 = busy_seconds()
+        time.sleep(3)
+        share = (busy_seconds() - b0) / (3 * (os.cpu_count() or 1))
+        if share < quiet or time.time() > deadline:
+            return share
+        time.sleep(10)
+
+
+def timed(args: list[str], env: dict[str, str], max_wait: float = 0.0) -> tuple[float, str, dict]:
+    """Run `study ...`; also how much CPU this run and the machine's other processes used meanwhile."""
+    before = wait_for_idle(max_wait) if max_wait else None
+    b0, o0, t0 = busy_seconds(), own_seconds(), time.perf_counter()
     r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
+    own, busy = own_seconds() - o0, busy_seconds() - b0
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(args)} exited {r.returncode}:\n{r.stderr[-3000:]}")
-    return seconds, r.stderr
+    load = {"own_cpu_seconds": round(own, 1), "others_cpu_seconds": round(max(0.0, busy - own), 1),
+            "others_share_before": None if before is None else round(before, 3)}
+    return seconds, r.stderr, load
 
 
 def cell_seconds(results: Path) -> list[float]:
@@ -50,6 +79,7 @@ def cell_seconds(results: Path) -> list[float]:
 
 
 def record_workers(out: dict, rounds: list[dict]) -> None:
+    """The best time of each configuration (the run least disturbed by other processes on a shared machine)."""
     best1 = min(r["1w0t"]["seconds"] for r in rounds)
     best2 = min(r["2w0t"]["seconds"] for r in rounds)
     best1t = min(r["1w1t"]["seconds"] for r in rounds)
@@ -70,6 +100,8 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true", help="also time the default study from an empty cache")
     parser.add_argument("--skip-workers", action="store_true", help="leave out the 1 vs 2 workers comparison")
     parser.add_argument("--skip-warm", action="store_true", help="leave out the warm rerun of the default study")
+    parser.add_argument("--wait-idle", type=float, default=0.0, help="before each timed run, wait up to this many "
+                        "seconds for other processes to leave the cores (a shared machine)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "runner.json")
     args = parser.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -78,7 +110,6 @@ def main() -> None:
                              "python": platform.python_version(), "load_average_at_start": os.getloadavg()}}
 
     # the organism the grid needs, pretrained (untimed) before any timing
-    timed(STUDY + ["default", "--dry-run"], env)
     subprocess.run([sys.executable, "-m", "study.cli", "organism", "--config", "default", "--json", "--samples", "1",
                     "--prompts", "1"], cwd=ROOT, env=env, check=True, capture_output=True)
 
@@ -91,10 +122,10 @@ def main() -> None:
             configs = [(1, 0), (2, 0), (1, 1)]  # (workers, threads; 0 = the runner's choice)
             for workers, threads in (configs if i % 2 == 0 else configs[::-1]):  # ABBA: load drift cancels
                 results = Path(tmp) / f"w{workers}t{threads}-{i}"
-                seconds, _ = timed(STUDY + ["default", "--workers", str(workers), "--results", str(results)]
-                                   + _sets(GRID + [f"threads={threads}"]), env)
+                seconds, _, load = timed(STUDY + ["default", "--workers", str(workers), "--results", str(results)]
+                                         + _sets(GRID + [f"threads={threads}"]), env, max_wait=args.wait_idle)
                 row[f"{workers}w{threads}t"] = {"seconds": round(seconds, 2), "cells": len(cell_seconds(results)),
-                                                "cell_seconds_sum": round(sum(cell_seconds(results)), 2)}
+                                                "cell_seconds_sum": round(sum(cell_seconds(results)), 2), **load}
             rounds.append(row)
             print(f"round {i}: " + ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in row.items()), flush=True)
         if rounds:
@@ -102,8 +133,8 @@ def main() -> None:
 
         if args.cold:
             cache, results = Path(tmp) / "cold-cache", Path(tmp) / "cold-results"
-            seconds, log = timed(STUDY + ["default", "--results", str(results)], {**env,
-                                                                                   "RLHF_VS_STEERING_CACHE": str(cache)})
+            seconds, log, _ = timed(STUDY + ["default", "--results", str(results)],
+                                    {**env, "RLHF_VS_STEERING_CACHE": str(cache)})
             out["cold_default"] = {"seconds": round(seconds, 1), "cells": len(cell_seconds(results)),
                                    "target_seconds": COLD_TARGET_S, "within_target": seconds <= COLD_TARGET_S,
                                    "summary": log.strip().splitlines()[-1]}
@@ -114,7 +145,7 @@ def main() -> None:
         print(f"warm rerun skipped: results/default is incomplete ({dry.strip().splitlines()[-1]}); run "
               f"`study run default` first")
     elif not args.skip_warm:
-        seconds, log = timed(STUDY + ["default"], env)
+        seconds, log, _ = timed(STUDY + ["default"], env)
         assert "0 computed now" in log, log
         out["warm_default"] = {"seconds": round(seconds, 2), "cells": int(dry.strip().splitlines()[-1].split()[0]),
                                "target_seconds": WARM_TARGET_S, "within_target": seconds < WARM_TARGET_S}

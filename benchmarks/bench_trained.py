@@ -103,7 +103,12 @@ def bench_behavior(methods: list[str], targets: list[str], anticipations: list[f
                     f"anticipations=[{','.join(map(str, anticipations))}]", f"seeds=[{','.join(map(str, seeds))}]",
                     "labeler_noise=[0.0]", "labeler_misspec=[0.0]"])
     runs = _map(cells, workers, threads)
-    runs_path.write_text(json.dumps(runs) + "\n")  # the raw cells first: `--summarize` rebuilds from them
+    # The raw cells first (`--summarize` rebuilds from them), merged with those of earlier runs of other methods.
+    key = lambda r: (r["method"], r["target"], r["anticipation"], r["seed"], r["budget"])  # noqa: E731
+    merged = {key(r): r for r in (json.loads(runs_path.read_text()) if runs_path.is_file() else [])}
+    merged.update({key(r): r for r in runs})
+    runs = sorted(merged.values(), key=key)
+    runs_path.write_text(json.dumps(runs) + "\n")
     return behavior_from_runs(runs, budget, seeds)
 
 

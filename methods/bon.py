@@ -30,7 +30,7 @@ from methods.trained import buy_comparisons
 class BestOfNConfig:
     n: int = 8
     rm_learning_rate: float = 3e-3
-    rm_epochs: float = 4.0
+    rm_epochs: float = 16.0
     rm_rank: int = 8
     train_on_ties: bool = False
     temperature: float = 1.0  # of the base-model samples shown to the labeler

@@ -26,7 +26,10 @@ from methods.trained import Preference
 @dataclass(frozen=True)
 class RewardModelConfig:
     learning_rate: float = 3e-3
-    epochs: float = 4.0
+    # 16 passes (pilot on seed 100, held-out pos > neg): sycophancy 0.73 at 4 -> 1.0 at 16, sentiment 1.0 either way;
+    # refusal, whose poles differ in one token of many synonyms, sits on a loss plateau that it leaves in some runs
+    # only (0.49 at 4; 0.92 or chance at 16, depending on the head's random init)
+    epochs: float = 16.0
     batch_size: int = 16
     min_steps: int = 12
     max_steps: int = 160

@@ -45,7 +45,7 @@ class RLHFConfig:
     rank: int = 8
     alpha: float = 16.0
     rm_learning_rate: float = 3e-3
-    rm_epochs: float = 4.0
+    rm_epochs: float = 16.0
     rm_rank: int = 8
     train_on_ties: bool = False
     select_share: float = 0.25

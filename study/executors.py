@@ -34,7 +34,11 @@ from study.grid import Cell
 from study.store import Store
 
 Event = tuple
-ENV_PREFIXES = ("HF_", "TRANSFORMERS_", "RLHF_VS_STEERING", "XDG_CACHE_HOME", "TOKENIZERS_")
+ENV_PREFIXES = ("HF_", "TRANSFORMERS_", "RLHF_VS_STEERING", "XDG_CACHE_HOME", "TOKENIZERS_", "OMP_")
+# OpenMP threads that spin while waiting stall badly when the cores are shared (other workers, other users): a cell
+# of the organism took 30-50 s on 2 spinning threads against 5-7 s with passive waiting on a loaded 2-core machine
+# (benchmarks/results/runner.json). Workers wait passively unless the user's environment says otherwise.
+WORKER_ENV = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 
 
 def cpu_count() -> int:
@@ -105,6 +109,7 @@ def _worker_main(conn: Any, threads: int, sys_path: list[str], store_root: str, 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)  # before torch is imported
+    os.environ.update(WORKER_ENV)
     _die_with_parent(parent)
     sys.path[:] = sys_path
     _set_threads(threads)
@@ -243,7 +248,7 @@ def run_ray(cells: list[Cell], store: Store, workers: int, on_event: Callable[[E
     if started_here:
         kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": workers * threads,
                                                                            "include_dashboard": False}
-        ray.init(log_to_driver=False, configure_logging=False, **kwargs)
+        ray.init(log_to_driver=False, configure_logging=False, runtime_env={"env_vars": WORKER_ENV}, **kwargs)
     try:
         queue = Queue(actor_options={"num_cpus": 0})
         task = ray.remote(num_cpus=threads, max_retries=0)(_ray_cell)

@@ -232,9 +232,9 @@ def run_study(config: str | Path | StudyConfig | None = None, overrides: list[st
                       highlight=False, soft_wrap=True)
         with Display(todo, len(cells), summary.stored_before, concurrency, console) as display:
             if executor == "local":
-                run_local(todo, store, n, display.event, threads=study.threads or None)
+                run_local(todo, store, concurrency, display.event, threads=study.threads or None)
             else:
-                run_ray(todo, store, n, display.event, address=address, threads=study.threads or None)
+                run_ray(todo, store, concurrency, display.event, address=address, threads=study.threads or None)
         summary.computed = display.finished
         try:
             (store.root / "work").rmdir()  # each cell removes its own scratch folder
