@@ -2,15 +2,18 @@
 study (every cell stored; target: under 30 s). Optionally the default study from a cold cache (target: 15 minutes).
 
 Every figure is the wall time of the `study run` command itself (a subprocess: imports, spawning workers, writing the
-table included), with fresh results directories for the worker comparison. The worker grid runs on the default
-organism (pretrained into the cache first if needed, not timed): none and prompting on two targets and three seeds
-(18 cells), with the default study's evaluation sizes. One worker gets both cores as torch threads (the runner's
-policy); it is also timed with one thread, which isolates what the second process adds. Records benchmarks/results/runner.json.
+table included), with fresh results directories for the worker comparison. The worker comparison runs on the default
+organism (pretrained into the cache first if needed, not timed), with the default study's evaluation sizes, on two grids:
+`prompting` (none and prompting on two targets and three seeds: 18 small cells, where starting the workers weighs
+most) and `study` (the default study's own methods, one target, two seeds). One worker gets both cores as torch
+threads (the runner's policy); it is also timed with one thread, which isolates what the second process adds. With
+--wait-idle each run first waits for the machine's other processes to leave the cores, and every run records how
+much CPU the others used meanwhile (`others_cpu_seconds`). Records benchmarks/results/runner.json.
 
-    .venv/bin/python benchmarks/bench_runner.py                    # workers + warm rerun (runs the default study
-                                                                   #   first if results/default is incomplete)
+    .venv/bin/python benchmarks/bench_runner.py --wait-idle 900 --repeat 2   # as recorded (best of 2 per config)
+    .venv/bin/python benchmarks/bench_runner.py --skip-workers     # the warm rerun only (needs results/default
+                                                                   #   complete: `study run default` first)
     .venv/bin/python benchmarks/bench_runner.py --cold             # also: the default study from an empty cache
-    .venv/bin/python benchmarks/bench_runner.py --repeat 2         # 1, 2, then 2, 1 workers; the best of each kept
 """
 
 from __future__ import annotations
@@ -28,8 +31,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = [sys.executable, "-m", "study.cli", "run"]
-GRID = ["methods=[none, prompting]", "targets=[sentiment, sycophancy]", "seeds=[0,1,2]", "anticipations=[0.5]",
-        "method_budgets={prompting: [0, 4]}"]
+GRIDS = {
+    # none and prompting only: 18 small cells (~2 s each), so the fixed costs (starting workers) weigh most
+    "prompting": ["methods=[none, prompting]", "targets=[sentiment, sycophancy]", "seeds=[0,1,2]",
+                  "anticipations=[0.5]", "method_budgets={prompting: [0, 4]}"],
+    # the default study's own methods (whatever default.yaml lists), one target, two seeds
+    "study": ["targets=[sentiment]", "seeds=[0,1]", "anticipations=[0.5]"],
+}
 SPEEDUP_TARGET, WARM_TARGET_S, COLD_TARGET_S = 1.6, 30.0, 900.0
 
 
@@ -78,19 +86,17 @@ def cell_seconds(results: Path) -> list[float]:
     return [json.loads(p.read_text())["provenance"]["durations"]["total"] for p in (results / "cells").glob("*.json")]
 
 
-def record_workers(out: dict, rounds: list[dict]) -> None:
+def record_workers(out: dict, grid: str, rounds: list[dict]) -> None:
     """The best time of each configuration (the run least disturbed by other processes on a shared machine)."""
     best1 = min(r["1w0t"]["seconds"] for r in rounds)
     best2 = min(r["2w0t"]["seconds"] for r in rounds)
     best1t = min(r["1w1t"]["seconds"] for r in rounds)
-    out["workers"] = {"grid": "default organism; none + prompting (budgets 0, 4); sentiment, sycophancy; "
-                              "seeds 0, 1, 2; anticipation 0.5; default eval sizes",
-                      "overrides": GRID, "cells": rounds[0]["1w0t"]["cells"], "rounds": rounds,
-                      "one_worker_seconds": best1, "two_workers_seconds": best2,
-                      "one_worker_one_thread_seconds": best1t, "speedup": round(best1 / best2, 3),
-                      "speedup_vs_one_thread": round(best1t / best2, 3), "target_speedup": SPEEDUP_TARGET,
-                      "within_target": best1 / best2 >= SPEEDUP_TARGET}
-    print(f"speedup {best1 / best2:.2f}x (target {SPEEDUP_TARGET}x); vs one worker on one thread "
+    out.setdefault("workers", {})[grid] = {
+        "overrides": GRIDS[grid], "cells": rounds[0]["1w0t"]["cells"], "rounds": rounds,
+        "one_worker_seconds": best1, "two_workers_seconds": best2, "one_worker_one_thread_seconds": best1t,
+        "speedup": round(best1 / best2, 3), "speedup_vs_one_thread": round(best1t / best2, 3),
+        "target_speedup": SPEEDUP_TARGET, "within_target": best1 / best2 >= SPEEDUP_TARGET}
+    print(f"grid {grid}: speedup {best1 / best2:.2f}x (target {SPEEDUP_TARGET}x); vs one worker on one thread "
           f"{best1t / best2:.2f}x")
 
 
@@ -100,6 +106,8 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true", help="also time the default study from an empty cache")
     parser.add_argument("--skip-workers", action="store_true", help="leave out the 1 vs 2 workers comparison")
     parser.add_argument("--skip-warm", action="store_true", help="leave out the warm rerun of the default study")
+    parser.add_argument("--grids", nargs="+", choices=sorted(GRIDS), default=["prompting", "study"],
+                        help="grids for the worker comparison")
     parser.add_argument("--wait-idle", type=float, default=0.0, help="before each timed run, wait up to this many "
                         "seconds for other processes to leave the cores (a shared machine)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "runner.json")
@@ -114,22 +122,26 @@ def main() -> None:
                     "--prompts", "1"], cwd=ROOT, env=env, check=True, capture_output=True)
 
     if args.out.is_file():  # keep the figures of the parts not rerun
-        out = {**json.loads(args.out.read_text()), **{k: v for k, v in out.items() if k != "command"}}
+        old = json.loads(args.out.read_text())
+        out = {**old, **out, "workers": old.get("workers", {}) if isinstance(old.get("workers"), dict) and
+               "rounds" not in old.get("workers", {}) else {}}
     with tempfile.TemporaryDirectory() as tmp:
-        rounds = []
-        for i in range(0 if args.skip_workers else args.repeat):
-            row = {}
-            configs = [(1, 0), (2, 0), (1, 1)]  # (workers, threads; 0 = the runner's choice)
-            for workers, threads in (configs if i % 2 == 0 else configs[::-1]):  # ABBA: load drift cancels
-                results = Path(tmp) / f"w{workers}t{threads}-{i}"
-                seconds, _, load = timed(STUDY + ["default", "--workers", str(workers), "--results", str(results)]
-                                         + _sets(GRID + [f"threads={threads}"]), env, max_wait=args.wait_idle)
-                row[f"{workers}w{threads}t"] = {"seconds": round(seconds, 2), "cells": len(cell_seconds(results)),
-                                                "cell_seconds_sum": round(sum(cell_seconds(results)), 2), **load}
-            rounds.append(row)
-            print(f"round {i}: " + ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in row.items()), flush=True)
-        if rounds:
-            record_workers(out, rounds)
+        for grid in ([] if args.skip_workers else args.grids):
+            rounds = []
+            for i in range(args.repeat):
+                row = {}
+                configs = [(1, 0), (2, 0), (1, 1)]  # (workers, threads; 0 = the runner's choice)
+                for workers, threads in (configs if i % 2 == 0 else configs[::-1]):  # ABBA: load drift cancels
+                    results = Path(tmp) / f"{grid}-w{workers}t{threads}-{i}"
+                    seconds, _, load = timed(STUDY + ["default", "--workers", str(workers), "--results",
+                                                      str(results)] + _sets(GRIDS[grid] + [f"threads={threads}"]),
+                                             env, max_wait=args.wait_idle)
+                    row[f"{workers}w{threads}t"] = {"seconds": round(seconds, 2), "cells": len(cell_seconds(results)),
+                                                    "cell_seconds_sum": round(sum(cell_seconds(results)), 2), **load}
+                rounds.append(row)
+                print(f"grid {grid}, round {i}: " + ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in row.items()),
+                      flush=True)
+            record_workers(out, grid, rounds)
 
         if args.cold:
             cache, results = Path(tmp) / "cold-cache", Path(tmp) / "cold-results"

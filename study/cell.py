@@ -198,7 +198,9 @@ def _fit(cell: Cell, lm: Any, target: Any, labeler: Any, splits: Any, seed: int,
     return fitted[0] if len(fitted) == 1 else Stacked(fitted)
 
 
-def _drift_key(cell: Cell) -> str:
+def drift_key(cell: Cell) -> str:
+    """Cells with the same key share a drift baseline (computed once per worker process): the executor keeps them on
+    one worker where it can."""
     c = cell.config
     return json.dumps([c["model"], c["target"]["spec"], c["anticipation"], c["seed"], c["eval"]], sort_keys=True)
 
@@ -250,7 +252,7 @@ def run_cell(cell: Cell, progress: Callable[[str], None] | None = None, work_dir
 
         t = time.perf_counter()
         stage("evaluating")
-        key = _drift_key(cell)
+        key = drift_key(cell)
         result = evaluate(lm, target, intervention, splits=splits, others=others, base=_DRIFT_CACHE.get(key),
                           n_completions=ev.n_completions, temperature=ev.temperature,
                           drift_completions=ev.drift_completions, seed=c["seed"], batch_size=ev.batch_size,

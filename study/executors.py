@@ -131,6 +131,37 @@ def _worker_main(conn: Any, threads: int, sys_path: list[str], store_root: str, 
         conn.send(("done", cell.run_id, result.status, result.error, result.provenance["durations"]["total"]))
 
 
+_EXITING: list = []  # finished workers still shutting down, reaped by the next run_local
+
+
+class _Queue:
+    """Pending cells in groups that share work within a process (study.cell.drift_key). A free worker continues
+    its own group, else starts a group nobody has started, else helps with the largest group left."""
+
+    def __init__(self, cells: list[Cell]):
+        from study.cell import drift_key
+
+        self.groups: dict[str, deque[Cell]] = {}
+        for c in cells:
+            self.groups.setdefault(drift_key(c), deque()).append(c)
+        self.owner: dict[str, int] = {}
+
+    def __bool__(self) -> bool:
+        return any(self.groups.values())
+
+    def put_back(self, cell: Cell) -> None:
+        from study.cell import drift_key
+
+        self.groups[drift_key(cell)].appendleft(cell)
+
+    def take(self, worker: int) -> Cell:
+        mine = [k for k, w in self.owner.items() if w == worker and self.groups[k]]
+        free = [k for k, g in self.groups.items() if g and k not in self.owner]
+        key = (mine or free or [max(self.groups, key=lambda k: len(self.groups[k]))])[0]
+        self.owner.setdefault(key, worker)
+        return self.groups[key].popleft()
+
+
 class _Worker:
     def __init__(self, ctx: Any, threads: int, store: Store):
         parent_conn, child_conn = ctx.Pipe(duplex=True)
@@ -142,9 +173,14 @@ class _Worker:
         self.cell: Cell | None = None
         self.started = 0.0
 
-    def give(self, cell: Cell) -> None:
+    def give(self, cell: Cell) -> bool:
+        """Hand over a cell; False if the worker is gone (the cell was not handed over)."""
+        try:
+            self.conn.send(cell)
+        except (OSError, ValueError):
+            return False
         self.cell, self.started = cell, time.perf_counter()
-        self.conn.send(cell)
+        return True
 
 
 def run_local(cells: list[Cell], store: Store, workers: int, on_event: Callable[[Event], None],
@@ -157,14 +193,27 @@ def run_local(cells: list[Cell], store: Store, workers: int, on_event: Callable[
         return
     ctx = mp.get_context("spawn")
     threads = threads or threads_per_worker(workers)
-    pending = deque(cells)
+    pending = _Queue(cells)
     pool: list[_Worker] = []
     finished = False
+
+    def feed(w: _Worker) -> None:
+        cell = pending.take(id(w))
+        if not w.give(cell):  # died between two cells: its replacement takes the cell
+            pending.put_back(cell)
+            pool.remove(w)
+            replacement = _Worker(ctx, threads, store)
+            pool.append(replacement)
+            feed(replacement)
+
+    for old in _EXITING[:]:  # reap the workers of an earlier run
+        old.join(0.1)
+        if not old.is_alive():
+            _EXITING.remove(old)
     try:
         for _ in range(min(workers, len(cells))):
-            w = _Worker(ctx, threads, store)
-            w.give(pending.popleft())
-            pool.append(w)
+            pool.append(_Worker(ctx, threads, store))
+            feed(pool[-1])
         while any(w.cell is not None for w in pool):
             ready = wait([w.conn for w in pool if w.cell] + [w.proc.sentinel for w in pool if w.cell], timeout=1.0)
             for w in list(pool):
@@ -194,18 +243,17 @@ def run_local(cells: list[Cell], store: Store, workers: int, on_event: Callable[
                     else:
                         continue
                 if w.cell is None and pending:
-                    w.give(pending.popleft())
+                    feed(w)
         finished = True
-    finally:  # done: let the workers exit; interrupted: stop them now (their cells are lost, nothing half-written)
+    finally:
         for w in pool:
             try:
                 w.conn.send(None)
             except (OSError, ValueError):
                 pass
-        deadline = time.time() + (5 if finished else 0)
-        for w in pool:
-            w.proc.join(max(0.0, deadline - time.time()))
-            if w.proc.is_alive():
+            if finished:  # every cell is stored: the workers exit on their own while the table is written
+                _EXITING.append(w.proc)
+            else:  # interrupted: stop them now (their cells are lost; nothing is half-written)
                 w.proc.kill()
                 w.proc.join()
 
