@@ -137,13 +137,16 @@ def _figure_lines(figs: dict[str, Path | None], out: Path) -> list[str]:
     lines = ["## Figures", ""]
     for name, path in figs.items():
         if path is not None:
-            lines += [f"![{name.replace('_', ' ')}]({path.relative_to(out).as_posix()})", ""]
+            csv = F.data_path(path)
+            lines += [f"![{name.replace('_', ' ')}]({path.relative_to(out).as_posix()})", "",
+                      f"The numbers plotted: [{csv.name}]({csv.relative_to(out).as_posix()})", ""]
     return lines
 
 
 def write_report(results_dir: str | Path, out_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, *,
                  n_boot: int = M.N_BOOT, seed: int = 0, min_gain: float = 0.02) -> dict[str, Any]:
-    """Write `out_dir/REPORT.md`, `out_dir/summary.json` and `out_dir/figures/*.png`; return the summary."""
+    """Write `out_dir/REPORT.md`, `out_dir/summary.json` and `out_dir/figures/*.png` (each with its plotted data as
+    `*.csv`); return the summary."""
     results = read_results(results_dir)
     out = Path(out_dir)
     t = results.table
@@ -186,6 +189,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path, threshold: float 
     for name, path in figs.items():
         if path is None:  # a figure this table cannot support must not survive from an earlier report
             (out / "figures" / f"{name}.png").unlink(missing_ok=True)
+            F.data_path(out / "figures" / f"{name}.png").unlink(missing_ok=True)
     summary["figures"] = {k: (v.relative_to(out).as_posix() if v else None) for k, v in figs.items()}
     summary["failed_cells"] = [{"run_id": f.run_id, "error": f.error} for f in results.failed]
     summary["skipped_files"] = [{"name": s.name, "reason": s.reason} for s in results.skipped]

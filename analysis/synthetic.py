@@ -83,6 +83,11 @@ def expected(t: MethodTruth, base: float, split: str, budget: int, a: float, noi
     return {"covered": cov, "uncovered": unc, "all": a * cov + (1 - a) * unc}[split]
 
 
+def sample_slope(t: MethodTruth, i: int, seed: int) -> float:
+    """The i-th per-sample steering slope of a seed's cell: 10 x gain plus an offset spread over [-0.5, 0.5)."""
+    return t.gain * 10 + 0.5 * ((i * 7919 + seed * 31) % 100 / 50.0 - 1.0)
+
+
 def conditions(spec: SyntheticSpec) -> list[tuple[float, float, float]]:
     """(anticipation, noise, misspec) triples of the grid."""
     if spec.full_grid:
@@ -129,8 +134,8 @@ def _cell(spec: SyntheticSpec, model: str, target: str, method: str, budget: int
         for q, z in (("slope_p10", -1.0), ("slope_p50", 0.0), ("slope_p90", 1.0)):
             rows.append(_row(common, "all", q, t.gain * 10 + z * 0.5))
         for i in range(spec.samples):
-            slope = t.gain * 10 + 0.5 * ((i * 7919 + seed * 31) % 100 / 50.0 - 1.0)
-            samples.append({"kind": "slope", "prompt_id": f"p{i}", "context": f"ctx{i % 4}", "slope": slope})
+            samples.append({"kind": "slope", "prompt_id": f"p{i}", "context": f"ctx{i % 4}",
+                            "slope": sample_slope(t, i, seed)})
     cell = {"run_id": run_id, "status": "ok", "error": None, "config": config,
             "provenance": {"git_sha": "0000000", "versions": {"analysis": "synthetic"}}, "rows": rows}
     return cell, samples

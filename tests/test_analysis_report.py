@@ -60,7 +60,9 @@ def test_every_figure_is_written(rich: Path, tmp_path: Path) -> None:
     for name, path in out.items():
         assert path is not None and path.read_bytes().startswith(PNG), name
         assert b"Software" not in path.read_bytes()  # no matplotlib version stamp
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}.png" for n in F.FIGURES)  # no temporaries
+        assert not pd.read_csv(F.data_path(path)).empty, name  # the plotted numbers, beside the PNG
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(f"{n}.{ext}" for n in F.FIGURES for ext in ("png", "csv"))  # no temporaries
 
 
 def test_figures_skip_cleanly_without_variation(tmp_path: Path) -> None:
@@ -70,7 +72,7 @@ def test_figures_skip_cleanly_without_variation(tmp_path: Path) -> None:
     notes: list[str] = []
     out = F.write_figures(t, tmp_path / "figs", notes, threshold=0.99)
     assert all(v is None for v in out.values())
-    assert not list(tmp_path.rglob("*.png"))
+    assert not list(tmp_path.rglob("*.png")) and not list(tmp_path.rglob("*.csv"))
     joined = "\n".join(notes)
     for phrase in ("two or more feedback costs", "single anticipation", "single labeler noise", "Pareto",
                    "no method reached", "no steering slope rows"):
@@ -85,6 +87,7 @@ def test_steering_figure_falls_back_to_quantile_rows(tmp_path: Path) -> None:
     notes: list[str] = []
     path = F.steering_reliability(load_table(tmp_path), tmp_path / "s.png", notes)
     assert path is not None and path.read_bytes().startswith(PNG) and notes == []
+    assert (tmp_path / "s.csv").is_file()
 
 
 # ---- report ------------------------------------------------------------------------------------------------------
@@ -96,6 +99,7 @@ def test_report_files_and_figure_links(report: tuple[Path, dict]) -> None:
     for name, rel in summary["figures"].items():
         assert rel is not None and (out / rel).is_file(), name
         assert f"]({rel})" in md
+        assert f"]({rel.removesuffix('.png')}.csv)" in md and (out / rel).with_suffix(".csv").is_file()
     text = (out / "summary.json").read_text()
     assert text == json.dumps(json.loads(text), sort_keys=True, indent=2) + "\n"  # sorted keys, no NaN tokens
     assert "NaN" not in text and "Infinity" not in text
@@ -147,7 +151,8 @@ def test_report_follows_the_data(tmp_path: Path) -> None:
 def test_report_regenerates_byte_identically(rich: Path, report: tuple[Path, dict]) -> None:
     out, _ = report
     before = _files(out)
-    assert {f"figures/{n}.png" for n in F.FIGURES} | {"REPORT.md", "summary.json"} == set(before)
+    figures = {f"figures/{n}.{ext}" for n in F.FIGURES for ext in ("png", "csv")}
+    assert figures | {"REPORT.md", "summary.json"} == set(before)
     write_report(rich, out, n_boot=N_BOOT)
     after = _files(out)
     for name in before:
@@ -181,13 +186,17 @@ def test_stale_figures_are_removed(report: tuple[Path, dict], tmp_path: Path) ->
     out = tmp_path / "out"
     shutil.copytree(report[0], out)
     assert (out / "figures" / "behavior_vs_anticipation.png").is_file()
+    assert (out / "figures" / "behavior_vs_anticipation.csv").is_file()
     one = tmp_path / "one"
     write_results(one, SyntheticSpec(targets=("sentiment",), methods={"dpo": METHODS["dpo"]}, budgets=(8, 64),
                                      samples=0))
     summary = write_report(one, out, n_boot=N_BOOT)
     assert summary["figures"]["behavior_vs_anticipation"] is None
     assert not (out / "figures" / "behavior_vs_anticipation.png").exists()
+    assert not (out / "figures" / "behavior_vs_anticipation.csv").exists()  # its data goes with it
     assert (out / "figures" / "behavior_vs_cost.png").is_file()
+    assert (out / "figures" / "behavior_vs_cost.csv").is_file()
+    assert "behavior_vs_anticipation.csv" not in (out / "REPORT.md").read_text()
 
 
 def test_report_imports_no_training_stack(tmp_path: Path) -> None:
