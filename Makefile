@@ -19,6 +19,7 @@ setup: $(STAMP)
 
 study: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/study run study/configs/default.yaml
+	$(BIN)/study report --results results/default --out reports
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest

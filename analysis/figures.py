@@ -194,6 +194,8 @@ def behavior_vs_cost(table: pd.DataFrame, path: str | Path, notes: list[str] | N
             ax.xaxis.set_major_locator(FixedLocator(ticks))
             ax.xaxis.set_major_formatter(FixedFormatter([f"{t:g}" for t in ticks]))
             ax.xaxis.set_minor_locator(NullLocator())
+            lo, hi = min(ticks), max(ticks)  # a margin, so points at the smallest and largest budget are not cut
+            ax.set_xlim(lo - 0.3 if lo < 1 else lo / 1.3, hi * 1.3 if hi >= 1 else hi + 0.3)
             ax.set_ylim(-0.02, 1.02)
             ax.set_title(f"{label}: {SPLIT_TITLES[split]}", fontsize=9)
             ax.set_xlabel("feedback cost (cost units, log scale above 1)")

@@ -5,7 +5,7 @@ Every figure is the wall time of the `study run` command itself (a subprocess: i
 table included), with fresh results directories for the worker comparison. The worker comparison runs on the default
 organism (pretrained into the cache first if needed, not timed), with the default study's evaluation sizes, on two grids:
 `prompting` (none and prompting on two targets and three seeds: 18 small cells, where starting the workers weighs
-most) and `study` (the default study's own methods, one target, two seeds). One worker gets both cores as torch
+most) and `study` (the default study's own methods and budgets, one target, two seeds, one condition). One worker gets both cores as torch
 threads (the runner's policy); it is also timed with one thread, which isolates what the second process adds. With
 --wait-idle each run first waits for the machine's other processes to leave the cores, and every run records how
 much CPU the others used meanwhile (`others_cpu_seconds`). Records benchmarks/results/runner.json.
@@ -35,8 +35,9 @@ GRIDS = {
     # none and prompting only: 18 small cells (~2 s each), so the fixed costs (starting workers) weigh most
     "prompting": ["methods=[none, prompting]", "targets=[sentiment, sycophancy]", "seeds=[0,1,2]",
                   "anticipations=[0.5]", "method_budgets={prompting: [0, 4]}"],
-    # the default study's own methods (whatever default.yaml lists), one target, two seeds
-    "study": ["targets=[sentiment]", "seeds=[0,1]", "anticipations=[0.5]"],
+    # the default study's own methods and budgets (whatever default.yaml lists), one target, two seeds, one condition
+    "study": ["targets=[sentiment]", "seeds=[0,1]", "anticipations=[0.5]", "labeler_noise=[0.0]",
+              "labeler_misspec=[0.0]"],
 }
 SPEEDUP_TARGET, WARM_TARGET_S, COLD_TARGET_S = 1.6, 30.0, 900.0
 
@@ -84,6 +85,16 @@ def timed(args: list[str], env: dict[str, str], max_wait: float = 0.0) -> tuple[
 
 def cell_seconds(results: Path) -> list[float]:
     return [json.loads(p.read_text())["provenance"]["durations"]["total"] for p in (results / "cells").glob("*.json")]
+
+
+def method_seconds(results: Path) -> dict[str, float]:
+    """Mean cell seconds per method and budget (what sizing a grid needs)."""
+    per: dict[str, list[float]] = {}
+    for p in (results / "cells").glob("*.json"):
+        r = json.loads(p.read_text())
+        key = f"{r['config']['method']['name']}@{r['config']['budget']}"
+        per.setdefault(key, []).append(r["provenance"]["durations"]["total"])
+    return {k: round(sum(v) / len(v), 2) for k, v in sorted(per.items())}
 
 
 def record_workers(out: dict, grid: str, rounds: list[dict]) -> None:
@@ -137,7 +148,8 @@ def main() -> None:
                                                       str(results)] + _sets(GRIDS[grid] + [f"threads={threads}"]),
                                              env, max_wait=args.wait_idle)
                     row[f"{workers}w{threads}t"] = {"seconds": round(seconds, 2), "cells": len(cell_seconds(results)),
-                                                    "cell_seconds_sum": round(sum(cell_seconds(results)), 2), **load}
+                                                    "cell_seconds_sum": round(sum(cell_seconds(results)), 2),
+                                                    "mean_cell_seconds": method_seconds(results), **load}
                 rounds.append(row)
                 print(f"grid {grid}, round {i}: " + ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in row.items()),
                       flush=True)
