@@ -80,15 +80,18 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
     assert total == 27
 
     results, rng, kills = tmp_path / "killed", random.Random(20241127), []
-    while len(kills) < 5 or sum(0 < b < total for b, _, _ in kills) < 3:
-        assert len(kills) < 15, kills
+    # at least 5 kills, of which at least 3 interrupt a run after it has stored new cells and before it is done
+    while len(kills) < 5 or sum(b < a < total for b, a, _ in kills) < 3:
+        assert len(kills) < 20, kills
         tag = uuid.uuid4().hex
         before = _assert_store_readable(results)
-        if before == total:
-            break
+        if before == total:  # finished before enough kills: go on in a fresh results directory
+            results = tmp_path / f"killed-{len(kills)}"
+            before = _assert_store_readable(results)
         proc = subprocess.Popen(_args(results), env={**env, "RUNNER_TEST_TAG": tag}, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        delay = rng.uniform(0.5 * first, first + (uninterrupted - first) / 2.5)  # some in start-up, most mid-run
+        # some in start-up, most while cells are being computed and stored (a shorter window as fewer are left)
+        delay = rng.uniform(0.8 * first, first + (uninterrupted - first) * (total - before) / total)
         try:
             proc.wait(timeout=delay)  # finished before the kill
             continue
@@ -100,7 +103,7 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
             time.sleep(0.2)
         assert not _stragglers(tag), "workers outlived the killed study run"
         kills.append((before, _assert_store_readable(results), round(delay, 2)))
-    assert len(kills) >= 5 and sum(0 < b < total for b, _, _ in kills) >= 3, kills
+    assert len(kills) >= 5 and sum(b < a < total for b, a, _ in kills) >= 3, kills
     t0 = time.perf_counter()
     subprocess.run(_args(results), env=env, check=True, capture_output=True, timeout=900)
     final = time.perf_counter() - t0
