@@ -276,7 +276,8 @@ def _method_sentences(r: Rec, threshold: float) -> list[str]:
 def finding_lines(records: list[Rec], wins: list[Rec], threshold: float) -> list[str]:
     several = len({r["model"] for r in records}) > 1
     lines = ["## Findings", "", "Generated from the numbers above; a win is called clear only when the 95% CIs of the "
-             "best and the runner-up do not overlap.", ""]
+             "best and the runner-up do not overlap. A slope against anticipation on uncovered contexts compares "
+             "different sets of contexts (more anticipation leaves fewer, and other, contexts uncovered).", ""]
     for (model, target), recs in _by_facet(records):
         lines += [f"### {_facet_title(model, target, several)}", ""]
         for r in recs:

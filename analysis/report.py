@@ -79,6 +79,12 @@ def _field_summary(dicts: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return rows
 
 
+def _volatile(field: str) -> bool:
+    """Provenance fields that change from one run of the same cell to the next (timings, process, start time)."""
+    last = field.rsplit(".", 1)[-1]
+    return field.startswith("durations.") or field in ("pid", "started") or last.endswith("_seconds")
+
+
 def _setup(results: Results, ref: dict[str, float]) -> tuple[dict[str, Any], list[str]]:
     t = results.table
     methods = M.method_order(t["method"])
@@ -107,8 +113,11 @@ def _setup(results: Results, ref: dict[str, float]) -> tuple[dict[str, Any], lis
               "against the base model (`none`) of the same model, target, condition and seed.", ""]
     for title, key in (("Configuration", "config"), ("Provenance", "provenance")):
         rows = _field_summary([c[key] for _, c in sorted(results.cells.items())])
+        if key == "provenance":  # when, where and how long: differs between reruns that give identical results
+            rows = [(k, v) for k, v in rows if not _volatile(k)]
         if rows:
-            lines += [f"<details><summary>{title} of the ok cells ({len(rows)} fields)</summary>", "",
+            note = " (timings and process ids: in each cell's file)" if key == "provenance" else ""
+            lines += [f"<details><summary>{title} of the ok cells ({len(rows)} fields{note})</summary>", "",
                       "| field | value |", "| --- | --- |"]
             lines += [f"| `{_md(k)}` | {_md(v)} |" for k, v in rows] + ["", "</details>", ""]
     return setup, lines

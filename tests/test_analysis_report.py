@@ -159,6 +159,28 @@ def test_report_regenerates_byte_identically(rich: Path, report: tuple[Path, dic
         assert after[name] == before[name], f"{name} differs between two runs"
 
 
+def test_rerun_timings_do_not_change_the_report(tmp_path: Path) -> None:
+    """Two runs of the same cells differ in timings, process ids and start times only: the report must not."""
+    spec = SyntheticSpec(targets=("sentiment",), methods={"dpo": METHODS["dpo"]}, budgets=(8, 64), seeds=(0, 1),
+                         samples=0)
+    outs = []
+    for run in (0, 1):
+        root = tmp_path / f"run{run}" / "default"  # the report names the store's folder
+        write_results(root, spec)
+        for p in sorted((root / "cells").glob("*.json")):
+            rec = json.loads(p.read_text())
+            rec["provenance"] |= {"pid": 1000 + run, "started": f"2026-01-0{run + 1}T00:00:00+0000",
+                                  "durations": {"fit": 1.5 + run, "total": 2.5 + run},
+                                  "chosen": {"fit_seconds": 0.1 * (run + 1), "layer": 2}}
+            p.write_text(json.dumps(rec))
+        write_report(root, tmp_path / f"out{run}", n_boot=N_BOOT)
+        outs.append(_files(tmp_path / f"out{run}"))
+    assert outs[0] == outs[1]
+    md = outs[0]["REPORT.md"].decode()
+    assert "`chosen.layer` | 2" in md  # what the method chose is kept
+    assert "durations" not in md and "fit_seconds" not in md and "`pid`" not in md
+
+
 def test_report_names_bad_cells_and_missing_base(tmp_path: Path) -> None:
     spec = SyntheticSpec(targets=("sentiment",), methods={"dpo": METHODS["dpo"]}, budgets=(8, 64), with_base=False,
                          seeds=(0,), samples=0)
