@@ -273,6 +273,42 @@ def _method_sentences(r: Rec, threshold: float) -> list[str]:
     return out
 
 
+def winner_line(w: Rec, threshold: float) -> str:
+    """One bullet: which method wins on one question, by how much, and whether the CIs separate it."""
+    label = f"{w['question']} ({w['split']}" + (f", {threshold:g})" if w["threshold"] else ")")
+    if w["method"] is None:
+        what = "no method reaches it" if w["question"].startswith("cheapest") else "not measured"
+        return f"- {label}: {what}."
+    kind = "cost" if w["question"].startswith("cheapest") else "small" if "KL" in w["question"] else "rate"
+    value = _num(w["value"], kind)
+    if w["runner_up"] is None:
+        only = "reaching it" if w["question"].startswith("cheapest") else "measured"
+        return f"- {label}: {w['method']} ({value}), the only method {only}."
+    if w["tied"]:
+        return f"- {label}: {w['method']} and {w['runner_up']} tie ({value})."
+    verdict = "clear" if w["clear"] else "CIs overlap, not a clear win"
+    return (f"- {label}: {w['method']} ({value}) ahead of {w['runner_up']} ({_num(w['runner_up_value'], kind)}); "
+            f"{verdict}.")
+
+
+GLANCE = (("cheapest to threshold", "covered"), ("cheapest to threshold", "uncovered"),
+          ("highest behavior at largest budget", "uncovered"))
+
+
+def glance_lines(records: list[Rec], wins: list[Rec], threshold: float) -> list[str]:
+    """Per model and target, the answers to the study's two questions (feedback to the threshold; behavior where
+    feedback did not reach), for the top of the report beside its first figure."""
+    several = len({r["model"] for r in records}) > 1
+    lines = []
+    for (model, target), _ in _by_facet(records):
+        picked = [w for q in GLANCE for w in wins
+                  if (w["model"], w["target"], w["question"], w["split"]) == (model, target, *q)]
+        if picked:
+            lines += [f"**{_facet_title(model, target, several)}**", ""] + [winner_line(w, threshold) for w in picked]
+            lines.append("")
+    return lines
+
+
 def finding_lines(records: list[Rec], wins: list[Rec], threshold: float) -> list[str]:
     several = len({r["model"] for r in records}) > 1
     lines = ["## Findings", "", "Generated from the numbers above; a win is called clear only when the 95% CIs of the "
@@ -283,22 +319,6 @@ def finding_lines(records: list[Rec], wins: list[Rec], threshold: float) -> list
         for r in recs:
             lines += _method_sentences(r, threshold)
         lines += ["", "Which method wins where:", ""]
-        for w in (w for w in wins if (w["model"], w["target"]) == (model, target)):
-            label = f"{w['question']} ({w['split']}" + (f", {threshold:g})" if w["threshold"] else ")")
-            if w["method"] is None:
-                what = "no method reaches it" if w["question"].startswith("cheapest") else "not measured"
-                lines.append(f"- {label}: {what}.")
-                continue
-            kind = "cost" if w["question"].startswith("cheapest") else "small" if "KL" in w["question"] else "rate"
-            value = _num(w["value"], kind)
-            if w["runner_up"] is None:
-                only = "reaching it" if w["question"].startswith("cheapest") else "measured"
-                lines.append(f"- {label}: {w['method']} ({value}), the only method {only}.")
-            elif w["tied"]:
-                lines.append(f"- {label}: {w['method']} and {w['runner_up']} tie ({value}).")
-            else:
-                verdict = "clear" if w["clear"] else "CIs overlap, not a clear win"
-                lines.append(f"- {label}: {w['method']} ({value}) ahead of {w['runner_up']} "
-                             f"({_num(w['runner_up_value'], kind)}); {verdict}.")
+        lines += [winner_line(w, threshold) for w in wins if (w["model"], w["target"]) == (model, target)]
         lines.append("")
     return lines

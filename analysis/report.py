@@ -142,14 +142,35 @@ def _problems(results: Results) -> list[str]:
     return lines
 
 
-def _figure_lines(figs: dict[str, Path | None], out: Path) -> list[str]:
+LEAD_FIGURE = "behavior_vs_cost"
+
+
+def _figure(name: str, path: Path, out: Path) -> list[str]:
+    csv = F.data_path(path)
+    return [f"![{name.replace('_', ' ')}]({path.relative_to(out).as_posix()})", "",
+            f"The numbers plotted: [{csv.name}]({csv.relative_to(out).as_posix()})", ""]
+
+
+def _figure_lines(figs: dict[str, Path | None], out: Path, skip: str | None = None) -> list[str]:
     lines = ["## Figures", ""]
     for name, path in figs.items():
-        if path is not None:
-            csv = F.data_path(path)
-            lines += [f"![{name.replace('_', ' ')}]({path.relative_to(out).as_posix()})", "",
-                      f"The numbers plotted: [{csv.name}]({csv.relative_to(out).as_posix()})", ""]
+        if path is not None and name != skip:
+            lines += _figure(name, path, out)
     return lines
+
+
+def _glance(figs: dict[str, Path | None], out: Path, glance: list[str]) -> tuple[list[str], str | None]:
+    """The first figure (behavior against feedback cost, covered and uncovered contexts) with the answers it shows,
+    at the top of the report; returns the lines and the figure's name (not repeated under Figures)."""
+    lead = LEAD_FIGURE if figs.get(LEAD_FIGURE) is not None else None
+    if lead is None and not glance:
+        return [], None
+    lines = ["## At a glance", ""]
+    if lead is not None:
+        lines += _figure(lead, figs[lead], out)
+        lines += ["Each row of panels is a target (of one model, when there are several); the left panel holds the contexts the feedback covered, the right one the "
+                  "contexts it did not; the dashed line is the base model.", ""]
+    return lines + glance, lead
 
 
 def write_report(results_dir: str | Path, out_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, *,
@@ -191,9 +212,10 @@ def write_report(results_dir: str | Path, out_dir: str | Path, threshold: float 
         if any(h["n"] == 1 for h in headline):
             notes.append("some headline numbers rest on a single seed (n=1): their CIs collapse to the value")
         winners = W.winners(headline, threshold)
-        lines += setup_lines + _problems(results)
+        glance, lead = _glance(figs, out, W.glance_lines(headline, winners, threshold))
+        lines += glance + setup_lines + _problems(results)
         lines += W.headline_tables(headline, threshold) + W.finding_lines(headline, winners, threshold)
-        lines += _figure_lines(figs, out)
+        lines += _figure_lines(figs, out, skip=lead)
         summary = {"threshold": threshold, "setup": setup, "headline": headline, "winners": winners, "notes": notes}
     for name, path in figs.items():
         if path is None:  # a figure this table cannot support must not survive from an earlier report

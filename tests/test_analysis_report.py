@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from analysis import figures as F
+from analysis import findings as W
 from analysis import metrics as M
 from analysis.report import write_report
 from analysis.synthetic import MethodTruth, SyntheticSpec, write_results
@@ -106,6 +107,23 @@ def test_report_files_and_figure_links(report: tuple[Path, dict]) -> None:
     assert summary["setup"]["methods"] == ["none", "dpo", "dpo+steering", "sft", "steering"]
     assert summary["setup"]["reference"] == {"anticipation": 0.5, "labeler_noise": 0.0, "labeler_misspec": 0.0}
     assert not list(out.rglob("*.tmp"))
+
+
+def test_report_opens_with_the_first_figure_and_its_answers(report: tuple[Path, dict]) -> None:
+    out, summary = report
+    md = (out / "REPORT.md").read_text()
+    glance, rest = md.split("## Set-up", 1)
+    assert "## At a glance" in glance and "](figures/behavior_vs_cost.png)" in glance
+    assert "](figures/behavior_vs_cost.png)" not in rest  # not repeated under Figures
+    assert all(f"]({rel})" in rest for name, rel in summary["figures"].items() if name != "behavior_vs_cost")
+    # the answers beside it are the winners in summary.json, for each target
+    for w in summary["winners"]:
+        if (w["question"], w["split"]) in W.GLANCE:
+            line = W.winner_line(w, summary["threshold"])
+            assert line in glance, line
+            if w["method"] is not None:
+                assert w["method"] in line
+    assert glance.count("- cheapest to threshold (covered") == len({w["target"] for w in summary["winners"]})
 
 
 def test_findings_are_generated_from_the_numbers(report: tuple[Path, dict], rich: Path) -> None:
