@@ -26,6 +26,15 @@ def test_named_configs_load_and_overrides_apply():
     assert load_study("default").organism.key() == cfg.organism.key()  # the cache key is stable
 
 
+def test_every_shipped_config_expands_into_its_grid():
+    from study.grid import expand
+
+    sizes = {name: len(expand(load_study(name), source=name)) for name in list_configs()}
+    assert {"default", "dial", "full", "micro"} <= set(sizes)
+    assert sizes["default"] == 360  # the README's figure (and the 15-minute sizing) rests on it
+    assert sizes["dial"] == 180 and all(n > 0 for n in sizes.values())
+
+
 def test_int_is_accepted_for_float_but_not_the_reverse(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("organism:\n  world:\n    sharing: 1\n")
