@@ -230,11 +230,15 @@ def run_study(config: str | Path | StudyConfig | None = None, overrides: list[st
         console.print(f"study {study.name}: {len(cells)} cells, {summary.stored_before} stored, {len(todo)} to run "
                       f"({executor}, {concurrency} worker{'s' if concurrency != 1 else ''}); results in {store.root}",
                       highlight=False, soft_wrap=True)
+        # The organism is too small to gain from intra-op threads: one worker ran 20 of the default study's cells in
+        # 84 s on one thread and in 106 s on two (benchmarks/results/runner.json). Other models: the cores divided
+        # between the workers.
+        threads = study.threads or (1 if auto else None)
         with Display(todo, len(cells), summary.stored_before, concurrency, console) as display:
             if executor == "local":
-                run_local(todo, store, concurrency, display.event, threads=study.threads or None)
+                run_local(todo, store, concurrency, display.event, threads=threads)
             else:
-                run_ray(todo, store, concurrency, display.event, address=address, threads=study.threads or None)
+                run_ray(todo, store, concurrency, display.event, address=address, threads=threads)
         summary.computed = display.finished
         try:
             (store.root / "work").rmdir()  # each cell removes its own scratch folder

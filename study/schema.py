@@ -82,7 +82,7 @@ class StudyConfig:
     labeler: LabelerConfig = field(default_factory=LabelerConfig)  # label costs (noise/misspec: the lists above)
     eval: EvalConfig = field(default_factory=EvalConfig)
     workers: int = 0  # local worker processes; 0: one per CPU core for organism-only studies, else 1
-    threads: int = 0  # torch threads per worker (or Ray task); 0: the CPU cores divided between the workers
+    threads: int = 0  # torch threads per worker (or Ray task); 0: 1 for organism studies, else the cores per worker
 
     def validate(self) -> None:
         check(bool(self.name.strip()), "name", self.name, "must not be empty")

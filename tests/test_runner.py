@@ -189,6 +189,9 @@ def test_same_config_twice_gives_identical_tables_whatever_the_worker_count(stor
     run_study("micro", micro(_cache(), f"methods=[none, prompting, '{EXAMPLE}']"), workers=1, results=again)
     pd.testing.assert_frame_equal(Store(results).table(), Store(again).table())
     assert samples_of(results) == samples_of(again)  # every completion, byte for byte
+    # an organism study runs its workers on one torch thread each, even a lone worker on a machine with more cores
+    threads = {json.loads(p.read_text())["provenance"]["torch_threads"] for p in (again / "cells").glob("*.json")}
+    assert threads == {1}
 
 
 def test_warm_rerun_computes_nothing(stored):
