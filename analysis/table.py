@@ -164,7 +164,7 @@ def _cells_dir(results_dir: str | Path) -> Path:
     return cells if cells.is_dir() else root
 
 
-def _empty_table() -> pd.DataFrame:
+def empty_table() -> pd.DataFrame:
     kinds = {"str": str, "version": str, "int": np.int64, "float": np.float64, "value": np.float64}
     return pd.DataFrame({k: pd.Series([], dtype=kinds[v]) for k, v in ROW_FIELDS.items()})
 
@@ -192,7 +192,7 @@ def read_results(results_dir: str | Path) -> Results:
         for row in cell["rows"]:
             for k in ROW_FIELDS:
                 columns[k].append(row[k])
-    table = pd.DataFrame(columns) if cells else _empty_table()
+    table = pd.DataFrame(columns) if cells else empty_table()
     if cells:
         table = table.astype({k: np.int64 for k, v in ROW_FIELDS.items() if v == "int"})
     return Results(table=table, skipped=skipped, failed=failed, cells=cells, cells_dir=cells_dir)

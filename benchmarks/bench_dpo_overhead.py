@@ -30,14 +30,14 @@ def setup(config: str, budget: int, seed: int = 0, with_ties: bool = False):
     from methods.base import FitContext
     from methods.dpo import DPOMethodConfig, preference_dataset
     from methods.trained import buy_comparisons
-    from study.labeler import Budget, Labeler
-    from study.models import load_model
+    from study.feedback.labeler import Budget, Labeler
+    from study.organism.pretrain import organism_model
     from study.organism.world import World
-    from study.schema import load_study
-    from study.targets import organism_target
+    from study.run.study_config import load_study
+    from study.feedback.targets import organism_target
 
     org = load_study(config).organism
-    lm = load_model("organism", organism_config=org, device="cpu")
+    lm = organism_model(org, device="cpu")
     target = organism_target("sentiment", World(org.world))
     splits = target.splits(1.0, seed)
     ctx = FitContext(model=lm, target=target, labeler=Labeler(target, Budget(budget), seed=seed),

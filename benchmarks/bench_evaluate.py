@@ -31,21 +31,22 @@ TARGETS = ("sentiment", "sycophancy", "refusal")
 
 
 def _organism():
-    from study.models import load_model
+    from study.organism.pretrain import organism_model
     from study.organism.pretrain import OrganismConfig
     from study.organism.world import World
 
     cfg = OrganismConfig()
     t0 = time.perf_counter()
-    lm = load_model("organism", organism_config=cfg, device="cpu")
+    lm = organism_model(cfg, device="cpu")
     return lm, World(cfg.world), time.perf_counter() - t0
 
 
 def bench_evaluate(n_test: int = 200, n_completions: int = 4) -> dict:
     from methods.base import Intervention
-    from study.evaluate import evaluate
-    from study.hooks import steer
-    from study.targets import SplitSizes, organism_target
+    from study.run.evaluate import evaluate
+    from study.lm.hooks import steer
+    from study.feedback.splits import SplitSizes
+    from study.feedback.targets import organism_target
 
     lm, world, load_s = _organism()
     targets = [organism_target(n, world) for n in TARGETS]
@@ -88,9 +89,9 @@ def bench_evaluate(n_test: int = 200, n_completions: int = 4) -> dict:
 
 
 def bench_flip(n: int = 2000, noises: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)) -> dict:
-    from study.labeler import Budget, Labeler, LabelerConfig
+    from study.feedback.labeler import Budget, Labeler, LabelerConfig
     from study.organism.world import World, WorldConfig
-    from study.targets import organism_target
+    from study.feedback.targets import organism_target
 
     world = World(WorldConfig())
     target = organism_target("sycophancy", world)  # a large prompt space: 2,000 distinct queries
@@ -111,10 +112,10 @@ def bench_flip(n: int = 2000, noises: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3))
 
 
 def bench_misspec(prompts_per_group: int = 3000, misspecs: tuple[float, ...] = (0.5, 1.0)) -> dict:
-    from study.evaluate import generate
-    from study.labeler import Budget, Labeler, LabelerConfig
+    from study.lm.generation import generate
+    from study.feedback.labeler import Budget, Labeler, LabelerConfig
     from study.organism.world import POS
-    from study.targets import organism_target
+    from study.feedback.targets import organism_target
 
     lm, world, _ = _organism()
     out: dict = {"model_samples": {}, "world_samples": {}}

@@ -25,7 +25,7 @@ RESULTS = Path(__file__).parent / "results"
 CHILD = """
 import sys, time, json
 t0 = time.perf_counter()
-from study.schema import load_study
+from study.run.study_config import load_study
 from study.organism.pretrain import load_organism, organism_info
 cfg = load_study(sys.argv[1]).organism
 model, tok = load_organism(cfg)

@@ -5,7 +5,7 @@ Three measurements, recorded in benchmarks/results/steering.json:
    position of the default SteeringConfig) and turn them into CAA and PCA vectors (median of 3; target: < 5 s on
    2 cores);
 2. `cell`: wall time of one `steering` cell at budget 128 (sentiment, full anticipation, the default study's
-   evaluation sizes) through study.cell.run_cell in a fresh process: loading, selection and evaluation included
+   evaluation sizes) through study.run.cell.run_cell in a fresh process: loading, selection and evaluation included
    (target: < 30 s);
 3. `behavior`: for each target, `none`, `steering` and `steering_pca` at budget 64 with a clean labeler over 3 seeds,
    at full anticipation (every context covered) and at 0.5 (half of the domains uncovered): behavior and fluency on
@@ -36,8 +36,8 @@ METHODS = ("none", "steering", "steering_pca")
 
 
 def _cells(overrides: list[str]):
-    from study.grid import expand
-    from study.schema import load_study
+    from study.run.grid import expand
+    from study.run.study_config import load_study
 
     return expand(load_study("default", overrides), "default")
 
@@ -45,14 +45,15 @@ def _cells(overrides: list[str]):
 def bench_extract(n_pairs: int = 256, repeats: int = 3) -> dict:
     from methods.steering import SteeringConfig, default_layer_sets
     from methods.steering_vectors import POSITIONS, contrast_activations, first_principal_component, mean_difference
-    from study.labeler import Budget, Labeler
-    from study.models import load_model
+    from study.feedback.labeler import Budget, Labeler
+    from study.organism.pretrain import organism_model
     from study.organism.pretrain import OrganismConfig
     from study.organism.world import World
-    from study.targets import SplitSizes, organism_target
+    from study.feedback.splits import SplitSizes
+    from study.feedback.targets import organism_target
 
     cfg = OrganismConfig()
-    lm = load_model("organism", organism_config=cfg, device="cpu")
+    lm = organism_model(cfg, device="cpu")
     target = organism_target("sentiment", World(cfg.world))
     pool = target.splits(1.0, 0, SplitSizes(pool=n_pairs)).pool
     labeler = Labeler(target, Budget(10**6))
@@ -78,7 +79,7 @@ def bench_extract(n_pairs: int = 256, repeats: int = 3) -> dict:
 
 
 def bench_cell(budget: int = 128) -> dict:
-    from study.cell import run_cell
+    from study.run.cell import run_cell
 
     cell = next(c for c in _cells(["methods=[steering]", f"budgets=[{budget}]", "targets=[sentiment]",
                                    "anticipations=[1.0]", "seeds=[0]", "method_budgets={}", "method_config={}"]))
@@ -91,7 +92,7 @@ def bench_cell(budget: int = 128) -> dict:
 
 
 def bench_behavior(seeds: list[int], budget: int = 64, anticipations=(1.0, 0.5)) -> dict:
-    from study.cell import run_cell
+    from study.run.cell import run_cell
 
     rows, chosen = [], []
     cells = _cells([f"methods=[{','.join(METHODS)}]", f"budgets=[{budget}]", f"targets=[{','.join(TARGETS)}]",

@@ -2,7 +2,7 @@
 
 Two measurements, recorded in benchmarks/results/trained.json:
 1. `cell`: wall time of one cell per method at budget 128 (sentiment, full anticipation, clean labeler) through
-   study.cell.run_cell, fitting, selection and evaluation included. Targets: `lora_sft` and `dpo` under 30 s, `rlhf`
+   study.run.cell.run_cell, fitting, selection and evaluation included. Targets: `lora_sft` and `dpo` under 30 s, `rlhf`
    under 120 s (`bon` is reported too).
 2. `behavior`: `none`, `lora_sft`, `dpo`, `rlhf`, `bon` (and `dpo+steering`) at budget 256 with a clean labeler over
    3 seeds, for each target at full anticipation (every context covered) and at 0.5 (half the domains uncovered):
@@ -35,8 +35,8 @@ CHOSEN = ("steps", "max_steps", "demonstrations", "comparisons", "ties", "pairs_
 
 
 def _cells(overrides: list[str]):
-    from study.grid import expand
-    from study.schema import load_study
+    from study.run.grid import expand
+    from study.run.study_config import load_study
 
     # the default study's per-method settings name methods this benchmark may not run
     return expand(load_study("default", ["method_config={}", "method_budgets={}", *overrides]), "default")
@@ -49,7 +49,7 @@ def _init(threads: int) -> None:
 
 
 def _run(cell) -> dict:
-    from study.cell import run_cell
+    from study.run.cell import run_cell
 
     t0 = time.perf_counter()
     res = run_cell(cell)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from study.hooks import record_activations
+from study.lm.hooks import record_activations
 from study.organism.pretrain import OrganismConfig, load_organism, organism_info
 from study.organism.world import BEHAVIORS, NEG, POS, World, WorldConfig
 

@@ -24,6 +24,8 @@ from typing import Any, Iterator
 from methods.base import FitContext, Intervention
 from methods.reward_model import RewardModel, RewardModelConfig, learned_vs_true, train_reward_model
 from methods.trained import buy_comparisons
+from study.core.config import check
+from methods.trl_presets import quiet
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,6 @@ class BestOfNConfig:
     precision: str = "auto"
 
     def validate(self) -> None:
-        from study.config import check
 
         check(self.n >= 1, "n", self.n, "must be >= 1")
         check(self.rm_learning_rate > 0, "rm_learning_rate", self.rm_learning_rate, "must be positive")
@@ -119,8 +120,6 @@ class BestOfN:
         self.config.validate()
 
     def fit(self, ctx: FitContext) -> Intervention:
-        from methods.trl_presets import quiet
-
         cfg = self.config
         quiet()
         prefs = buy_comparisons(ctx, ctx.budget, temperature=cfg.temperature)

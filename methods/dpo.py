@@ -19,8 +19,11 @@ import warnings
 from dataclasses import asdict, dataclass
 
 from methods.base import FitContext, Intervention
-from methods.trained import (LoraIntervention, Preference, buy_comparisons, select_best, snapshot_steps, split_budget,
-                             train_adapter)
+from methods.lora_sft import steps_for
+from methods.selection import select_best, split_budget
+from methods.trained import LoraIntervention, Preference, buy_comparisons, rendered, snapshot_steps, train_adapter
+from methods.trl_presets import lora_config, quiet, trainer_args, trainer_name, work_dir
+from study.core.config import check
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,6 @@ class DPOMethodConfig:
     precision: str = "auto"
 
     def validate(self) -> None:
-        from study.config import check
-
         check(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be positive")
         check(self.beta > 0, "beta", self.beta, "must be positive")
         check(self.epochs > 0, "epochs", self.epochs, "must be positive")
@@ -56,7 +57,6 @@ def preference_dataset(ctx: FitContext, prefs: list[Preference], with_ties: bool
     """TRL's preference format {prompt, chosen, rejected}, prompts rendered as the evaluator renders them."""
     from datasets import Dataset
 
-    from methods.trained import rendered
 
     keep = [p for p in prefs if with_ties or not p.tie]
     tok = ctx.model.tokenizer
@@ -76,8 +76,6 @@ class DPO:
     def fit(self, ctx: FitContext) -> Intervention:
         from trl import DPOConfig, DPOTrainer
 
-        from methods.lora_sft import steps_for
-        from methods.trl_presets import lora_config, quiet, trainer_args, trainer_name, work_dir
 
         cfg = self.config
         quiet()

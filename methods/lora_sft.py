@@ -19,8 +19,10 @@ import warnings
 from dataclasses import asdict, dataclass
 
 from methods.base import FitContext, Intervention
-from methods.trained import (LoraIntervention, rendered, buy_demonstrations, select_best, snapshot_steps, split_budget,
-                             train_adapter)
+from methods.trained import LoraIntervention, buy_demonstrations, rendered, snapshot_steps, train_adapter
+from methods.selection import select_best, split_budget
+from study.core.config import check
+from methods.trl_presets import lora_config, quiet, trainer_args, trainer_name, work_dir
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,6 @@ class LoraSFTConfig:
     precision: str = "auto"  # auto (bf16 on a GPU that has it, fp32 elsewhere), fp32, bf16
 
     def validate(self) -> None:
-        from study.config import check
-
         check(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be positive")
         check(self.epochs > 0, "epochs", self.epochs, "must be positive")
         check(1 <= self.min_steps <= self.max_steps, "min_steps", self.min_steps, "must lie in [1, max_steps]")
@@ -65,7 +65,6 @@ class LoraSFT:
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
-        from methods.trl_presets import lora_config, quiet, trainer_args, trainer_name, work_dir
 
         cfg = self.config
         quiet()

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from methods.base import FitContext, Intervention
-from study.errors import UserError
+from study.core.errors import UserError
+from study.core.config import check
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,6 @@ class PromptingConfig:
     separator: str = " "  # between prefix parts and the prompt (the organism's words are space-separated)
 
     def validate(self) -> None:
-        from study.config import check
-
         check(self.max_shots >= 0, "max_shots", self.max_shots, "must be >= 0")
         check(self.instruction or self.max_shots > 0, "instruction", self.instruction,
               "with max_shots 0 there would be no prompt at all; use method 'none' for the base model")

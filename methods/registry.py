@@ -8,9 +8,10 @@ A user's own method needs no edit here: name it in a study config as `my_package
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 
-from study.errors import UserError
+from study.core.errors import UserError
+from study.core.imports import import_attr
 
 REGISTRY: dict[str, str] = {
     "none": "methods.none:NoMethod",
@@ -38,20 +39,11 @@ def resolve(name: str) -> type:
             raise UserError(f"unknown method '{name}'; valid: {', '.join(available())} "
                             f"(or a 'module:Class' path to your own)")
         path = name
-    module_name, _, class_name = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UserError(f"method '{name}': cannot import module '{module_name}' ({exc})") from None
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        raise UserError(f"method '{name}': module '{module_name}' has no class '{class_name}'")
+    cls = import_attr(path, what="method", attr_kind="class")
     missing = [a for a in ("name", "Config", "fit") if not hasattr(cls, a)]
     if missing:
         raise UserError(f"method '{name}': {path} does not satisfy the Method protocol (missing "
                         f"{', '.join(missing)}; see methods/base.py)")
-    import dataclasses
-
     if not isinstance(cls, type) or not callable(cls.fit) or not dataclasses.is_dataclass(cls.Config):
         raise UserError(f"method '{name}': {path} does not satisfy the Method protocol (it must be a class with a "
                         f"`fit` method and a dataclass `Config`; see methods/base.py)")

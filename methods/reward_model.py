@@ -19,8 +19,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from methods.base import FitContext
-from methods.trained import Preference
+from methods.base import FitContext, Stacked
+from methods.lora_sft import steps_for
+from methods.trained import Preference, isolated_training, rendered
+from methods.trl_presets import lora_config, silence_trainer, trainer_args, trainer_name, work_dir
+from study.lm.generation import generate, render
+
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,6 @@ class RewardModel:
         """The text the reward model reads, exactly as RewardTrainer tokenized its training pairs. `rendered`: the
         prompt is already in the model's chat template (as trainers pass it)."""
 
-        from study.evaluate import render
 
         if not rendered:
             prompt = render(self.tokenizer, None, prompt, self.chat)
@@ -127,10 +130,6 @@ def train_reward_model(ctx: FitContext, prefs: list[Preference], cfg: RewardMode
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    from methods.lora_sft import steps_for
-    from methods.trained import isolated_training
-    from methods.trl_presets import lora_config, silence_trainer, trainer_args, trainer_name, work_dir
-    from methods.trained import rendered
 
     keep = [p for p in prefs if cfg.train_on_ties or not p.tie]
     if not keep:
@@ -171,8 +170,6 @@ def learned_vs_true(lm: Any, target: Any, splits: Any, intervention: Any, rm: Re
     """The learned reward beside the target's true reward on the same samples: one completion per test record drawn
     with the intervention (and the other parts of a stack) active, and, for RL, every sample of the run (`trace`,
     first and last quarter of its steps). Over-optimization reads as learned reward up, true reward flat or down."""
-    from methods.base import Stacked
-    from study.evaluate import generate, render
 
     iv = Stacked([*others, intervention]) if others else intervention
     rows: list[dict] = []

@@ -26,8 +26,10 @@ from typing import Any
 
 from methods.base import FitContext, Intervention
 from methods.reward_model import RewardModel, RewardModelConfig, learned_vs_true, train_reward_model
-from methods.trained import (LoraIntervention, rendered, buy_comparisons, select_best, snapshot_steps, split_budget,
-                             train_adapter)
+from methods.trained import LoraIntervention, buy_comparisons, rendered, snapshot_steps, train_adapter
+from methods.selection import select_best, split_budget
+from study.core.config import check
+from methods.trl_presets import lora_config, quiet, trainer_args, trainer_name, work_dir
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,6 @@ class RLHFConfig:
     precision: str = "auto"
 
     def validate(self) -> None:
-        from study.config import check
-
         check(self.trainer in ("rloo", "grpo"), "trainer", self.trainer, "rloo or grpo")
         check(self.learning_rate > 0 and self.rm_learning_rate > 0, "learning_rate", self.learning_rate,
               "learning rates must be positive")
@@ -128,7 +128,6 @@ class RLHF:
     def fit(self, ctx: FitContext) -> Intervention:
         from datasets import Dataset
 
-        from methods.trl_presets import lora_config, quiet, trainer_args, trainer_name, work_dir
 
         cfg = self.config
         quiet()

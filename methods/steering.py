@@ -24,7 +24,7 @@ Tuned as fairly as the trained methods, every label through the labeler and coun
 
 `intervention.chosen` records the layers, read position, strength, raw multiplier and window, the pairs and labels
 spent on each stage, and what the screen and the judges measured. Inside a stack (`dpo+steering`) the earlier parts
-are active while the vector is read and the candidates scored (study.cell), and their prompt rewriting is applied.
+are active while the vector is read and the candidates scored (study.run.cell), and their prompt rewriting is applied.
 
     intervention = Steering(SteeringConfig()).fit(ctx)        # ctx: methods.base.FitContext
     intervention.chosen    # {"layers": [3], "position": "mean", "strength": 0.5, "multiplier": 2.07, "window": 1, ...}
@@ -35,14 +35,16 @@ from __future__ import annotations
 import math
 import random
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from methods.base import FitContext, Intervention
 from methods.steering_vectors import (DIRECTIONS, POSITIONS, RELIABILITY_FRACTIONS, PairScorer, SteeringIntervention,
                                       contrast_activations)
-from study.config import check
+from study.core.config import check
+from study.lm.generation import generate, render
+from study.lm.logprobs import kl_divergence, sequence_logprobs
+from study.feedback.labeler import BudgetExhausted
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,6 @@ class Steering:
         self.config.validate()
 
     def fit(self, ctx: FitContext) -> SteeringIntervention:
-        from study.labeler import BudgetExhausted
-
         t0 = time.perf_counter()
         cfg, lm, labeler = self.config, ctx.model, ctx.labeler
         layer_sets = tuple(tuple(ls) for ls in (cfg.layer_sets or default_layer_sets(lm.num_layers)))
@@ -204,8 +204,6 @@ def _intervention(lm: Any, vectors: dict[int, Any], c: _Candidate, cfg: Steering
 
 
 def _render(lm: Any, target: Any, prior: Intervention | None, prompt: str) -> str:
-    from study.evaluate import render
-
     return render(lm.tokenizer, prior, prompt, target.chat)
 
 
@@ -214,8 +212,6 @@ def _screen(lm: Any, ctx: FitContext, prompts: list[str], pairs: list, layer_set
     """Score candidates without buying a label (module docstring, step 2). Returns those that passed, best first,
     and how many were screened in all."""
     import torch
-
-    from study.evaluate import generate, sequence_logprobs
 
     n = len(pairs)
     order = list(range(n))
@@ -322,38 +318,9 @@ def _screen(lm: Any, ctx: FitContext, prompts: list[str], pairs: list, layer_set
 
 
 # ---- judged selection ------------------------------------------------------------------------------------------
-class _BehindPrior(Intervention):
-    """`part` inside a stack whose earlier parts are already active: their prompt rewriting, only its own hooks."""
-
-    def __init__(self, prior: Intervention, part: Intervention):
-        super().__init__()
-        self.prior, self.part = prior, part
-
-    def prompt(self, text: str) -> str:
-        return self.part.prompt(self.prior.prompt(text))
-
-    @contextmanager
-    def _activate(self, prompt_width: int | None) -> Iterator[None]:
-        with self.part.active(prompt_width):
-            yield
-
-
-def _judge(ctx: FitContext, records: list, intervention: Intervention, seed: int) -> dict:
-    """Judgments bought from the labeler: the runner's select_score (it adds the earlier parts of a stack), or
-    study.evaluate's, the earlier parts then already active and only their prompt applied here."""
-    if ctx.select_score is not None:
-        return ctx.select_score(intervention=intervention, records=records, seed=seed)
-    from study.evaluate import select_score
-
-    if ctx.prior is not None:
-        intervention = _BehindPrior(ctx.prior, intervention)
-    return select_score(ctx.model, None, ctx.target, ctx.labeler, records, intervention, seed=seed)
-
-
 def _kl(ctx: FitContext, records: list, intervention: Intervention, seed: int) -> float:
     """Per-token KL(steered || base) along steered samples of the select prompts (text only: no label). The base is
     the model as it stands, earlier parts of a stack included."""
-    from study.evaluate import generate, kl_divergence
 
     lm = ctx.model
     prompts = [_render(lm, ctx.target, ctx.prior, r.prompt) for r in records]
@@ -380,7 +347,6 @@ def _successive_halving(ctx: FitContext, screen: dict[_Candidate, _Screened], un
     survivors the same fresh prompts (a paired comparison), then keeps the better half; judgments saved by the
     labeler's cache roll over to later rounds. Returns each judged candidate's pooled {score, behavior, fluency, kl,
     labels, n} and the last round's survivors, best first ([] if nothing could be judged)."""
-    from study.labeler import BudgetExhausted
 
     records = list(ctx.select)
     rng.shuffle(records)
@@ -399,7 +365,7 @@ def _successive_halving(ctx: FitContext, screen: dict[_Candidate, _Screened], un
         for cand in alive:
             iv = build(cand)
             try:
-                res = _judge(ctx, chunk, iv, seed=ctx.seed * 1009 + r)
+                res = ctx.select_score(iv, chunk, seed=ctx.seed * 1009 + r)
             except BudgetExhausted:
                 continue
             kl = _kl(ctx, chunk, iv, ctx.seed * 1009 + r) if cfg.kl_penalty > 0 else 0.0

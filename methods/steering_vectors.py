@@ -1,5 +1,5 @@
 """Steering vectors: reading them from contrast pairs, the hook-based intervention that adds them, and per-sample
-reliability. Shared by `methods/steering.py` (CAA) and `methods/steering_pca.py`; the hooks are `study.hooks.steer`,
+reliability. Shared by `methods/steering.py` (CAA) and `methods/steering_pca.py`; the hooks are `study.lm.hooks.steer`,
 a context manager, and nothing else.
 
     acts = contrast_activations(lm, prompts, positives, negatives, layers=[1, 2], positions=("sentence_end",))
@@ -21,7 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from methods.base import Intervention, Stacked
+from study.lm.hooks import record_activations, steer
+from study.lm.generation import render
+from study.lm.intervention import Intervention, Stacked
+from study.lm.logprobs import continuation_ids, pad_id, pad_pairs
+from study.lm.models import decoder_blocks
 
 POSITIONS = ("answer", "sentence_end", "last", "mean")
 SENTENCE_END = (".", "!", "?")
@@ -29,11 +33,6 @@ RELIABILITY_FRACTIONS = (-1.0, -0.5, 0.0, 0.5, 1.0)
 
 
 # ---- reading activations -----------------------------------------------------------------------------------------
-def _continuation_ids(tokenizer: Any, text: str) -> list[int]:
-    sep = "" if not text or text[0].isspace() else " "  # as study.evaluate tokenizes continuations
-    return tokenizer(sep + text, add_special_tokens=False)["input_ids"]
-
-
 def _sentence_end_ids(tokenizer: Any) -> set[int]:
     # each token decoded alone: byte-level and sentencepiece markers ("Ġ.", "▁.") become plain text
     return {i for i in tokenizer.get_vocab().values() if tokenizer.decode([i]).strip().endswith(SENTENCE_END)}
@@ -71,35 +70,27 @@ def contrast_activations(lm: Any, prompts: Sequence[str], positives: Sequence[st
                          batch_size: int = 64) -> ContrastActivations:
     """Residual-stream differences (after block `layer`) between each pair's positive and negative completion.
 
-    `prompts` are rendered as the model sees them (study.evaluate.render). Prompts are left-padded to one width and
+    `prompts` are rendered as the model sees them (study.run.evaluate.render). Prompts are left-padded to one width and
     completions right-padded, with position ids following the mask, as in evaluation. Inside a stack, call it with
-    the earlier parts active (study.cell does while a part is fitted)."""
+    the earlier parts active (study.run.cell does while a part is fitted)."""
     import torch
-
-    from study.hooks import record_activations
 
     model, tokenizer = lm.model, lm.tokenizer
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     ends = _sentence_end_ids(tokenizer) if "sentence_end" in positions else set()
     diffs: dict[tuple[int, str], list] = {(layer, p): [] for layer in layers for p in positions}
     norm_sum, norm_count = {layer: 0.0 for layer in layers}, 0
     p_all = [tokenizer(p)["input_ids"] for p in prompts]
-    pos_all = [_continuation_ids(tokenizer, c) or [pad] for c in positives]
-    neg_all = [_continuation_ids(tokenizer, c) or [pad] for c in negatives]
+    pos_all = [continuation_ids(tokenizer, c) or [pad] for c in positives]
+    neg_all = [continuation_ids(tokenizer, c) or [pad] for c in negatives]
     for s in range(0, len(p_all), batch_size):
         ps = p_all[s:s + batch_size]
         n = len(ps)
         cs = pos_all[s:s + n] + neg_all[s:s + n]
-        width, length = max(map(len, ps)), max(map(len, cs))
-        ids = torch.full((2 * n, width + length), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, (p, c) in enumerate(zip(ps + ps, cs)):
-            ids[i, width - len(p): width + len(c)] = torch.tensor(p + c)
-            mask[i, width - len(p): width + len(c)] = 1
+        ids, mask, position_ids, width = pad_pairs(ps + ps, cs, pad)
         with torch.no_grad(), record_activations(lm.blocks, list(layers)) as acts:
-            model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                  position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device))
+            model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device))
         completion = mask.clone()
         completion[:, :width] = 0
         for layer in layers:
@@ -131,18 +122,12 @@ class PairScorer:
 
         self.lm, self.n = lm, len(prompts)
         tok = lm.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         ps = [tok(p)["input_ids"] for p in prompts] * 2
-        cs = [_continuation_ids(tok, c) for c in list(positives) + list(negatives)]
-        self.width, self.length = max(map(len, ps), default=1), max(max(map(len, cs), default=1), 1)
-        ids = torch.full((len(ps), self.width + self.length), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, (p, c) in enumerate(zip(ps, cs)):
-            ids[i, self.width - len(p): self.width + len(c)] = torch.tensor(p + c, dtype=torch.long)
-            mask[i, self.width - len(p): self.width + len(c)] = 1
+        cs = [continuation_ids(tok, c) for c in list(positives) + list(negatives)]
+        ids, mask, positions, self.width = pad_pairs(ps, cs, pad_id(tok))
+        self.length = ids.shape[1] - self.width
         device = next(lm.model.parameters()).device
-        self.ids, self.mask = ids.to(device), mask.to(device)
-        self.positions = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
+        self.ids, self.mask, self.positions = ids.to(device), mask.to(device), positions.to(device)
         self.target = ids[:, self.width:]
         self.target_mask = mask[:, self.width:].bool()
         self.cache = None
@@ -210,7 +195,7 @@ DIRECTIONS = {"mean_diff": mean_difference, "pca": first_principal_component}
 
 # ---- the intervention ----------------------------------------------------------------------------------------------
 class SteeringIntervention(Intervention):
-    """Adds `multiplier * vectors[layer]` after each listed block, through `study.hooks.steer` only.
+    """Adds `multiplier * vectors[layer]` after each listed block, through `study.lm.hooks.steer` only.
 
     Under `active(prompt_width=w)` it steers from the last prompt position (w - 1, where the first generated token is
     predicted) on, or only the `window` positions from there (window 1: the decision point alone); under
@@ -235,8 +220,6 @@ class SteeringIntervention(Intervention):
     @contextmanager
     def _activate(self, prompt_width: int | None) -> Iterator[None]:
         import torch
-
-        from study.hooks import steer
 
         if not self.vectors or self.multiplier == 0.0:  # exactly the base model: no hook at all
             yield
@@ -264,10 +247,9 @@ class SteeringIntervention(Intervention):
 
     @classmethod
     def load(cls, path: str | Path, model: Any) -> "SteeringIntervention":
-        """Rebuild on `model` (a study.models.LoadedModel or a transformers model), its blocks located again."""
+        """Rebuild on `model` (a study.lm.models.LoadedModel or a transformers model), its blocks located again."""
         from safetensors.torch import load_file
 
-        from study.models import decoder_blocks
 
         path = Path(path)
         meta = json.loads((path / "intervention.json").read_text())
@@ -281,7 +263,7 @@ class SteeringIntervention(Intervention):
 
     def extra_metrics(self, lm: Any, target: Any, splits: Any,
                       others: Sequence[Intervention] = ()) -> tuple[list[dict], list[dict]]:
-        """Per-sample reliability on the test splits (study.cell calls this after evaluation)."""
+        """Per-sample reliability on the test splits (study.run.cell calls this after evaluation)."""
         return reliability(lm, target, splits, self, others)
 
 
@@ -304,7 +286,6 @@ def reliability(lm: Any, target: Any, splits: Any, steering: SteeringInterventio
     slope is in nats per chosen multiplier: how far the chosen steering moves that prompt. Rows on split `all`:
     `slope_p10/p50/p90` and `anti_steerable` (the share of prompts with a negative slope), covered and uncovered
     prompts weighted by their share of contexts as in the evaluator's `all`; one `{"kind": "slope"}` sample each."""
-    from study.evaluate import render
 
     recs = [("covered", r) for r in splits.test_covered] + [("uncovered", r) for r in splits.test_uncovered]
     if not steering.vectors or steering.multiplier == 0.0 or not recs:

@@ -24,19 +24,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from methods.base import FitContext, Intervention
-
-MIN_JUDGMENTS = 8  # per candidate: below this, selection is noise and the budget goes to training labels instead
-
-
-# ---- the budget ----------------------------------------------------------------------------------------------------
-def split_budget(labeler: Any, budget: int, share: float, candidates: int) -> tuple[int, int]:
-    """(units for training labels, units kept for selection). Selection only when there are several candidates and
-    the kept share pays MIN_JUDGMENTS judgments for each."""
-    keep = int(round(share * budget)) if candidates > 1 else 0
-    if keep < candidates * MIN_JUDGMENTS * labeler.cost("judge"):
-        keep = 0
-    return budget - keep, keep
-
+from study.lm.generation import generate, render
+from methods.trl_presets import silence_trainer
 
 # ---- buying feedback -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -55,7 +44,6 @@ def _records(ctx: FitContext, salt: str) -> list:
 
 def rendered(ctx: FitContext, prompt: str) -> str:
     """The prompt as the model reads it: rewritten by earlier parts of a stack, then in the chat template."""
-    from study.evaluate import render
 
     return render(ctx.model.tokenizer, ctx.prior, prompt, ctx.target.chat)
 
@@ -64,7 +52,6 @@ def buy_comparisons(ctx: FitContext, units: int, *, temperature: float = 1.0, ma
     """Spend `units` on comparisons. Organism-style targets: two completions sampled from the base model for each
     feedback prompt, compared by the labeler (identical or already-answered pairs are not asked). Data-set targets:
     each record's own pair (one record = one label)."""
-    from study.evaluate import generate
 
     labeler, cost = ctx.labeler, ctx.labeler.cost("compare", record_backed=ctx.target.dataset_labels)
     start, out = labeler.budget.spent, []
@@ -176,7 +163,6 @@ def train_adapter(model: Any, make_trainer: Any, snapshots: list[int]) -> tuple[
     """Run the TRL trainer that `make_trainer(callbacks)` builds around `model` (it wraps the model with its
     `peft_config`), copying the adapter at each step of `snapshots`; then unload the adapter, so the shared model is
     the base model again. Returns (the adapter's PEFT config, {step: adapter weights}, the trainer)."""
-    from methods.trl_presets import silence_trainer
 
     store: dict[int, dict] = {}
     with isolated_training(model):
@@ -269,45 +255,3 @@ class LoraIntervention(Intervention):
                    meta["chosen"])
 
 
-# ---- selection on the select split ---------------------------------------------------------------------------------
-def judge(ctx: FitContext, intervention: Intervention | None, units: int, seed: int) -> dict[str, float]:
-    """Buy up to `units` judgments of completions sampled with `intervention` active on select prompts (in an order
-    that mixes contexts, the same for every candidate). Returns {"good": share rated good (unreadable counts as not
-    good), "n": ratings, "labels": units charged}."""
-    records = list(ctx.select)
-    random.Random(f"{ctx.seed}:select").shuffle(records)
-    if ctx.select_score is not None:  # the runner's: bound to the cell, and stacks the earlier parts under ours
-        score = ctx.select_score
-    else:
-        from study.evaluate import select_score
-
-        def score(iv, recs, **kw):
-            return select_score(ctx.model, None, ctx.target, ctx.labeler, recs, iv, **kw)
-    good = n = spent = 0.0
-    for rnd in range(8):
-        left = min(units - int(spent), ctx.labeler.budget.left)
-        if left < ctx.labeler.cost("judge"):
-            break
-        res = score(intervention, records, n_per_prompt=1, max_labels=left // ctx.labeler.cost("judge"),
-                    seed=seed * 1009 + rnd, max_new_tokens=ctx.target.max_new_tokens)
-        behavior = res["behavior"] if res["behavior"] == res["behavior"] else 0.0  # nan: nothing readable
-        good += behavior * res["fluency"] * res["n"]
-        n += res["n"]
-        spent += res["labels"]
-    return {"good": good / n if n else float("nan"), "n": int(n), "labels": int(spent)}
-
-
-def select_best(ctx: FitContext, candidates: list[tuple[Any, Intervention]]) -> tuple[int, list[dict]]:
-    """Index of the best candidate (key, intervention) by judged share of good completions, spending what is left of
-    the budget evenly across candidates; ties go to the earlier one. With one candidate or no budget: the last."""
-    left = ctx.labeler.budget.left
-    k = len(candidates)
-    if k == 1 or left < k * MIN_JUDGMENTS * ctx.labeler.cost("judge"):
-        return k - 1, []
-    table = []
-    for i, (key, cand) in enumerate(candidates):
-        units = left // k + (1 if i < left % k else 0)
-        res = judge(ctx, cand, units, seed=ctx.seed)
-        table.append({"candidate": key, **res})
-    best = max(range(k), key=lambda i: (table[i]["good"] if table[i]["n"] else -1.0, -i))
-    return best, table

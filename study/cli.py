@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +15,17 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from study.errors import UserError
+from rich.markup import escape
+from rich.table import Table
+
+from study.core.errors import UserError
+from study.organism.pretrain import load_organism, organism_info
+from study.organism.summary import summarize
+from study.organism.world import World
+from study.run.display import pretrain_with_progress
+from study.run.evaluate import evaluate_model
+from study.run.runner import describe_methods, describe_targets, run_study
+from study.run.study_config import load_study
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="rlhf-vs-steering: how much human feedback each alignment method needs, and how far it "
@@ -40,36 +49,15 @@ def user_errors():
     try:
         yield
     except UserError as exc:
-        from rich.markup import escape
-
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
-def progress_bar(description: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=err,
-                    transient=False)
-
-
 def build_organism(cfg, cache_dir: str | None, quiet: bool = False):
     """Load the organism from the cache, pretraining it with a progress bar when it is not there yet."""
-    from study.organism.pretrain import load_organism, organism_info
-
     if organism_info(cfg, cache_dir) is not None or quiet:
         return load_organism(cfg, cache_dir)
-    with progress_bar("pretraining organism") as bar:
-        task = bar.add_task("pretraining organism", total=cfg.train.steps, info="")
-
-        def update(step: int, total: int, loss: float | None) -> None:
-            bar.update(task, completed=step, total=total, **({"info": f"loss {loss:.3f}"} if loss else {}))
-
-        out = load_organism(cfg, cache_dir, progress=update)
-        bar.update(task, completed=cfg.train.steps)
-    return out
+    return pretrain_with_progress(cfg, cache_dir, err)
 
 
 @app.command()
@@ -80,8 +68,6 @@ def organism(config: ConfigOpt = None, set_: SetOpt = None,
              prompts: Annotated[int, typer.Option(help="Prompts per behavior and context for base rates.")] = 48):
     """Build (or load from the cache) the model organism and print its summary."""
     with user_errors():
-        from study.schema import load_study
-
         if samples < 1 or prompts < 1:
             raise UserError(f"--samples {samples} / --prompts {prompts}: must be positive")
         cfg = load_study(config, set_ or [])
@@ -89,9 +75,6 @@ def organism(config: ConfigOpt = None, set_: SetOpt = None,
         t0 = time.perf_counter()
         model, tokenizer = build_organism(cfg.organism, cache, quiet=as_json)
         load_seconds = time.perf_counter() - t0
-        from study.organism.pretrain import organism_info
-        from study.organism.summary import summarize
-        from study.organism.world import World
 
         info = organism_info(cfg.organism, cache)
         summary = summarize(model, tokenizer, World(cfg.organism.world), n_samples=samples,
@@ -107,8 +90,6 @@ def organism(config: ConfigOpt = None, set_: SetOpt = None,
 
 
 def _print_organism(out: dict) -> None:
-    from rich.table import Table
-
     con = Console()
     con.print(f"[bold]organism {out['key']}[/bold]: {out['params']:,} parameters, pretrained in "
               f"{out['pretrain_seconds']:.0f} s (loaded in {out['load_seconds']:.1f} s), sharing dial "
@@ -153,8 +134,6 @@ def evaluate_cmd(model: Annotated[str, typer.Option(help="'organism' (from --con
                  cache_dir: Annotated[Optional[str], typer.Option(help="Organism cache directory.")] = None):
     """Evaluate a model with no intervention on every split: where it starts, before any feedback."""
     with user_errors():
-        from study.evaluate import evaluate_model
-
         if completions < 1 or prompts < 1:
             raise UserError(f"--completions {completions} / --prompts {prompts}: must be positive")
         out = evaluate_model(model, list(target or []), config=config, overrides=set_ or [], anticipation=anticipation,
@@ -168,8 +147,6 @@ def evaluate_cmd(model: Annotated[str, typer.Option(help="'organism' (from --con
 
 
 def _print_evaluation(out: dict) -> None:
-    from rich.table import Table
-
     con = Console()
     for name, splits in out.items():
         table = Table(title=f"{name}: base model, no intervention")
@@ -202,8 +179,6 @@ def run(config: Annotated[Optional[str], typer.Argument(help="A YAML file or a n
                                                                           "again.")] = False):
     """Run a study: every cell of the grid not stored yet. Interrupted runs resume where they stopped."""
     with user_errors():
-        from study.runner import run_study
-
         try:
             summary = run_study(config, set_ or [], executor=executor, workers=workers, address=address,
                                 dry_run=dry_run, results=results, retry_failed=retry_failed, console=err)
@@ -217,8 +192,6 @@ def run(config: Annotated[Optional[str], typer.Argument(help="A YAML file or a n
 def list_(what: Annotated[str, typer.Argument(help="methods or targets")]):
     """List the registered methods (with their config fields) or the built-in targets."""
     with user_errors():
-        from study.runner import describe_methods, describe_targets
-
         if what not in ("methods", "targets"):
             raise UserError(f"study list {what!r}: expected 'methods' or 'targets'")
         for line in describe_methods() if what == "methods" else describe_targets():
@@ -232,7 +205,7 @@ def report(results: Annotated[str, typer.Option(help="Results directory of a stu
     with user_errors():
         if not Path(results).is_dir():
             raise UserError(f"--results {results}: no such results directory (run `study run` first)")
-        from analysis.report import write_report
+        from analysis.report import write_report  # lazy: seaborn and matplotlib take a second to import
 
         write_report(results, out)
         typer.echo(f"wrote {Path(out) / 'REPORT.md'}")

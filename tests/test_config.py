@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from study.config import apply_overrides, list_configs
-from study.errors import ConfigError, UserError
-from study.schema import StudyConfig, load_study
+from study.core.config import apply_overrides, list_configs
+from study.core.errors import ConfigError, UserError
+from study.run.study_config import StudyConfig, load_study
 
 STUDY = [sys.executable, "-m", "study.cli"]
 
@@ -27,7 +27,7 @@ def test_named_configs_load_and_overrides_apply():
 
 
 def test_every_shipped_config_expands_into_its_grid():
-    from study.grid import expand
+    from study.run.grid import expand
 
     sizes = {name: len(expand(load_study(name), source=name)) for name in list_configs()}
     assert {"default", "dial", "full", "micro"} <= set(sizes)

@@ -10,11 +10,14 @@ import pytest
 import torch
 
 from methods.base import Intervention
-from study.evaluate import drift_baseline, evaluate, kl_divergence, select_score, sequence_logprobs
-from study.hooks import steer
-from study.labeler import Budget, BudgetExhausted, Labeler, LabelerConfig
-from study.models import decoder_blocks
-from study.targets import ORGANISM_TARGETS, SplitSizes, organism_target
+from study.run.evaluate import drift_baseline, evaluate
+from study.lm.logprobs import kl_divergence, sequence_logprobs
+from study.feedback.judging import judged_score as select_score
+from study.lm.hooks import steer
+from study.feedback.labeler import Budget, BudgetExhausted, Labeler, LabelerConfig
+from study.lm.models import decoder_blocks
+from study.feedback.targets import ORGANISM_TARGETS, organism_target
+from study.feedback.splits import SplitSizes
 from tiny_models import tiny_model
 
 PROMPTS = ["the cat sat", "user : w1 w2 w3 w4 w5 assistant :", "a"]

@@ -14,11 +14,11 @@ import torch
 from typer.testing import CliRunner
 
 from study.cli import app
-from study.errors import UserError
-from study.evaluate import evaluate
-from study.external import load_external, load_scorer
-from study.labeler import Budget, Labeler, LabelerConfig
-from study.models import decoder_blocks
+from study.core.errors import UserError
+from study.run.evaluate import evaluate
+from study.feedback.external import load_external, load_scorer
+from study.feedback.labeler import Budget, Labeler, LabelerConfig
+from study.lm.models import decoder_blocks
 from tiny_models import tiny_model
 
 DATA = Path(__file__).parent / "data"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from study.errors import UserError
-from study.hooks import record_activations, steer
-from study.models import decoder_blocks
+from study.core.errors import UserError
+from study.lm.hooks import record_activations, steer
+from study.lm.models import decoder_blocks
 from tiny_models import PAD, tiny_model
 
 HOOK_FAMILIES = ["llama", "qwen2", "gpt2", "gpt_neox", "mistral", "gemma"]

@@ -8,11 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from study.errors import ConfigError, UserError
-from study.labeler import Budget, BudgetExhausted, Labeler, LabelerConfig
+from study.core.errors import ConfigError, UserError
+from study.feedback.labeler import Budget, BudgetExhausted, Labeler, LabelerConfig
 from study.organism.pretrain import MICRO
 from study.organism.world import POS, World
-from study.targets import SplitSizes, organism_target
+from study.feedback.splits import SplitSizes
+from study.feedback.targets import organism_target
 
 WORLD = World(MICRO.world)
 SENT = organism_target("sentiment", WORLD)

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from study.errors import UserError
-from study.models import chat_format, decoder_blocks, final_norm, load_model
+from study.core.errors import UserError
+from study.lm.models import chat_format, decoder_blocks, final_norm, load_model
+from study.organism import pretrain
 from tiny_models import FAMILIES, tiny_model, tiny_tokenizer
 
 
@@ -85,11 +86,9 @@ def test_organism_spec_calls_load_organism(monkeypatch, tmp_path):
         calls.append((config, cache_dir))
         return tiny_model("llama")
 
-    module = types.ModuleType("study.organism.pretrain")
-    module.load_organism = load_organism
-    monkeypatch.setitem(sys.modules, "study.organism.pretrain", module)
+    monkeypatch.setattr(pretrain, "load_organism", load_organism)
 
-    lm = load_model("organism", organism_config={"seed": 1}, cache_dir=tmp_path, device="cpu")
+    lm = pretrain.organism_model({"seed": 1}, cache_dir=tmp_path, device="cpu")
 
     assert calls == [({"seed": 1}, tmp_path)]
     assert lm.family == "llama" and lm.num_layers == 2 and lm.tokenizer.padding_side == "left"

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from study.errors import UserError
+from study.core.errors import UserError
 from study.organism.pretrain import MICRO, OrganismConfig, PretrainConfig, build_tokenizer, load_organism, \
     organism_dir
 from study.organism.world import World

@@ -11,10 +11,10 @@ import torch
 from methods.base import FitContext
 from methods.prompting import Prompting, PromptingConfig, PromptIntervention
 from methods.registry import resolve
-from study.errors import ConfigError, UserError
-from study.labeler import Budget, Labeler
-from study.models import LoadedModel, decoder_blocks
-from study.targets import organism_target
+from study.core.errors import ConfigError, UserError
+from study.feedback.labeler import Budget, Labeler
+from study.lm.models import LoadedModel, decoder_blocks
+from study.feedback.targets import organism_target
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,7 +78,7 @@ def test_prompt_intervention_saves_and_loads(tmp_path):
 
 
 def test_prompting_config_is_validated():
-    from study.config import from_dict
+    from study.core.config import from_dict
 
     with pytest.raises(ConfigError, match="max_shots"):
         from_dict(PromptingConfig, {"max_shots": -1})
@@ -99,10 +99,6 @@ def test_guide_example_method_adds_exactly_its_bias_to_the_logits_and_removes_it
     monkeypatch.syspath_prepend(str(REPO))
     cls = resolve("docs.examples.logit_bias:LogitBias")
     ctx = context(lm, 16, cls.Config())
-    from study.evaluate import select_score
-
-    ctx.select_score = lambda intervention=None, records=None, **kw: select_score(
-        ctx.model, None, ctx.target, ctx.labeler, ctx.select if records is None else records, intervention, **kw)
     iv = cls(cls.Config()).fit(ctx)
     assert iv.chosen["pairs"] == 4 and ctx.labeler.budget.counts["contrast"] == 4  # half the budget, 2 per pair
     assert ctx.labeler.budget.spent <= 16 and iv.chosen["strength"] in cls.Config().strengths

@@ -19,11 +19,12 @@ import pandas as pd
 import pytest
 
 from analysis.table import ROW_FIELDS, read_results
-from study.errors import ConfigError, UserError
-from study.grid import conditions, expand
-from study.runner import Display, run_study
-from study.schema import load_study
-from study.store import Store
+from study.core.errors import ConfigError, UserError
+from study.run.grid import conditions, expand
+from study.run.display import Display
+from study.run.runner import run_study
+from study.run.study_config import load_study
+from study.run.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -250,7 +251,7 @@ def test_failed_cells_are_stored_the_study_goes_on_and_retry_failed_reruns_them(
 
 
 def test_stacked_methods_split_the_budget_and_fit_with_earlier_parts_active(organism_cache):
-    from study.cell import run_cell
+    from study.run.cell import run_cell
 
     study = load_study("micro", micro(organism_cache, "budgets=[10]", "methods=['prompting+runner_helpers:Spender', "
                                                                       "'runner_helpers:Spender+runner_helpers:Spender']"))

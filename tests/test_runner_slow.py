@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 
 from analysis.table import read_results
-from study.runner import run_study
-from study.store import Store
+from study.run.runner import run_study
+from study.run.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = str(REPO / ".cache" / "test-organism")

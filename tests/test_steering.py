@@ -14,11 +14,12 @@ from methods.steering import Steering, SteeringConfig, default_layer_sets
 from methods.steering_vectors import (PairScorer, SteeringIntervention, contrast_activations,
                                       first_principal_component, mean_difference, read_index, reliability)
 from methods.steering_pca import SteeringPCA, SteeringPCAConfig
-from study.errors import ConfigError
-from study.hooks import record_activations, steer
-from study.labeler import Budget, Labeler
-from study.models import LoadedModel, decoder_blocks
-from study.targets import SplitSizes, organism_target
+from study.core.errors import ConfigError
+from study.lm.hooks import record_activations, steer
+from study.feedback.labeler import Budget, Labeler
+from study.lm.models import LoadedModel, decoder_blocks
+from study.feedback.splits import SplitSizes
+from study.feedback.targets import organism_target
 from tiny_models import PAD, tiny_model
 
 FAMILIES = ["llama", "qwen2", "gpt2", "gpt_neox"]
@@ -63,8 +64,12 @@ def _ctx(lm, world, target: str = "sentiment", budget: int = 32, seed: int = 0, 
     t = organism_target(target, world)
     splits = t.splits(1.0, 0, SIZES)
     labeler = Labeler(t, Budget(budget), seed=seed)
-    return FitContext(model=lm, target=t, labeler=labeler, pool=list(splits.pool), select=list(splits.select),
-                      budget=budget, seed=seed, config=None, **kw)
+    judge = kw.pop("select_score", None)
+    ctx = FitContext(model=lm, target=t, labeler=labeler, pool=list(splits.pool), select=list(splits.select),
+                     budget=budget, seed=seed, config=None, **kw)
+    if judge is not None:  # a stand-in judge: shadows the real FitContext.select_score on this instance
+        ctx.select_score = judge
+    return ctx
 
 
 # ---- directions -------------------------------------------------------------------------------------------------
@@ -168,7 +173,7 @@ def test_intervention_adds_exactly_the_vector_and_leaves_no_hook(family):
 @pytest.mark.parametrize("family", FAMILIES)
 @torch.no_grad()
 def test_a_window_steers_only_its_positions(family):
-    """study.hooks.steer's stop_positions, used by a window: exactly the vector inside [start, stop), nothing else."""
+    """study.lm.hooks.steer's stop_positions, used by a window: exactly the vector inside [start, stop), nothing else."""
     model, _ = tiny_model(family)
     blocks = decoder_blocks(model)
     vector = _vector()
@@ -206,8 +211,8 @@ def test_windowed_generation_same_with_and_without_cache(family):
 @pytest.mark.parametrize("family", FAMILIES + ["gemma", "mistral"])
 @pytest.mark.parametrize("window", [None, 1])
 def test_pair_scorer_matches_the_evaluator(family, window):
-    """The screen's fast scorer (prompt cache reused across interventions) equals study.evaluate's log-probs."""
-    from study.evaluate import sequence_logprobs
+    """The screen's fast scorer (prompt cache reused across interventions) equals study.run.evaluate's log-probs."""
+    from study.lm.logprobs import sequence_logprobs
 
     model, tok = tiny_model(family)
     lm = _lm(model, tok)
@@ -278,7 +283,7 @@ def test_registry_and_config_validation():
         SteeringConfig(strengths=(0.0, 1.0)).validate()
     with pytest.raises(ConfigError, match="windows"):
         SteeringConfig(windows=(0,)).validate()
-    from study.config import from_dict
+    from study.core.config import from_dict
 
     cfg = from_dict(SteeringConfig, {"layer_sets": [[1], [1, 2]], "strengths": [1, 2], "windows": [None, 1]})
     assert cfg.layer_sets == ((1,), (1, 2)) and cfg.strengths == (1.0, 2.0) and cfg.windows == (None, 1)
@@ -364,7 +369,7 @@ def test_selection_keeps_the_best_judged_candidate(micro):
 
 # ---- evaluation: reliability and stacking ------------------------------------------------------------------------
 def test_reliability_rows_and_samples(micro):
-    from study.evaluate import sequence_logprobs
+    from study.lm.logprobs import sequence_logprobs
 
     lm, world = micro
     t = organism_target("sentiment", world)
@@ -406,7 +411,7 @@ def test_stacked_reliability_keeps_the_other_parts_active(micro):
 
 
 def test_fit_on_top_of_a_prior_part(micro):
-    """Stacking (`dpo+steering`): fitted as study.cell does, the earlier part active and in `ctx.prior`; the vector is
+    """Stacking (`dpo+steering`): fitted as study.run.cell does, the earlier part active and in `ctx.prior`; the vector is
     read on prompts as the stack renders them, and the runner's scorer gets only the new part (it adds the prior)."""
     from methods.prompting import PromptIntervention
 
@@ -435,11 +440,11 @@ def test_fit_on_top_of_a_prior_part(micro):
 
 
 def test_cells_end_to_end_with_stacking(micro_organism, tmp_path):
-    """Through study.cell: `steering_pca` alone and `prompting+steering` stacked, reliability rows included."""
+    """Through study.run.cell: `steering_pca` alone and `prompting+steering` stacked, reliability rows included."""
     from conftest import TEST_CACHE
-    from study.cell import run_cell
-    from study.grid import expand
-    from study.schema import load_study
+    from study.run.cell import run_cell
+    from study.run.grid import expand
+    from study.run.study_config import load_study
 
     fast = "{strengths: [0.25, 1.0], positions: [last], finalists: 2, folds: 2, screen_prompts: 8}"
     study = load_study("micro", ["methods=[steering_pca, prompting+steering]", "budgets=[24]",
@@ -464,9 +469,9 @@ def test_cells_end_to_end_with_stacking(micro_organism, tmp_path):
 def test_steering_moves_sentiment_on_the_default_organism():
     """The acceptance check at one seed (benchmarks/bench_steering.py runs three, with every target): at budget 64
     with a clean labeler and full anticipation, the covered behavior rises by 20 points at >= 85% fluency."""
-    from study.cell import run_cell
-    from study.grid import expand
-    from study.schema import load_study
+    from study.run.cell import run_cell
+    from study.run.grid import expand
+    from study.run.study_config import load_study
 
     study = load_study("default", ["methods=[none, steering]", "budgets=[64]", "targets=[sentiment]",
                                    "anticipations=[1.0]", "seeds=[0]", "method_budgets={}", "method_config={}",

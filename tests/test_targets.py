@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from study.errors import UserError
+from study.core.errors import UserError
 from study.organism.pretrain import MICRO
 from study.organism.world import World
-from study.targets import (ORGANISM_TARGETS, BehaviorTarget, OrganismTarget, Record, SplitSizes, covered_contexts,
-                           organism_target, resolve_target)
+from study.feedback.targets import ORGANISM_TARGETS, OrganismTarget, organism_target
+from study.feedback.splits import BehaviorTarget, Record, SplitSizes, covered_contexts
+from study.feedback.catalog import resolve_target
 
 WORLD = World(MICRO.world)  # 4 domains, 8 contexts
 SIZES = SplitSizes(pool=96, select=24, test=40, neutral=8)

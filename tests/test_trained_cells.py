@@ -1,4 +1,4 @@
-"""Trained methods through the runner's cell pipeline (study.cell.run_cell) on the micro organism: the cell record
+"""Trained methods through the runner's cell pipeline (study.run.cell.run_cell) on the micro organism: the cell record
 carries the trainer, the labels and, for rlhf, the learned reward beside the true reward on the same samples."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from study.grid import expand
-from study.schema import load_study
+from study.run.grid import expand
+from study.run.study_config import load_study
 
 CACHE = str(Path(__file__).resolve().parent.parent / ".cache" / "test-organism")
 RLHF_FAST = "{steps: 4, batch_size: 8, num_generations: 2, rm_epochs: 1.0, train_on_ties: true}"
@@ -32,7 +32,7 @@ def cells(micro_organism, methods: str, budget: int, method_config: str):
 
 
 def test_rlhf_cell_records_learned_beside_true_reward(micro_organism):
-    from study.cell import run_cell
+    from study.run.cell import run_cell
 
     (cell,) = cells(micro_organism, "rlhf", 32, f"{{rlhf: {RLHF_FAST}}}")
     res = run_cell(cell)
@@ -50,7 +50,7 @@ def test_rlhf_cell_records_learned_beside_true_reward(micro_organism):
 
 @pytest.mark.slow
 def test_dpo_then_steering_stack(micro_organism):
-    from study.cell import run_cell
+    from study.run.cell import run_cell
 
     (cell,) = cells(micro_organism, "dpo+steering", 64, f"{{dpo: {DPO_FAST}}}")
     res = run_cell(cell)

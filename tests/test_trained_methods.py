@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from methods.base import FitContext, Intervention
-from study.labeler import Budget, Labeler
-from study.models import LoadedModel, decoder_blocks
-from study.targets import organism_target
+from study.feedback.labeler import Budget, Labeler
+from study.lm.models import LoadedModel, decoder_blocks
+from study.feedback.targets import organism_target
 
 PROMPTS = ["review of hotel : the bed was", "user : how was the soup at the restaurant ? assistant : it was"]
 
@@ -45,7 +45,7 @@ def make_ctx(lm, budget: int, config, seed: int = 0, target: str = "sentiment") 
 
 
 def base_outputs(lm) -> tuple[list[torch.Tensor], list[list[str]]]:
-    from study.generation import sample
+    from study.lm.generation import sample
 
     lm = lm[0]
     ids = [lm.tokenizer(p, return_tensors="pt")["input_ids"] for p in PROMPTS]
@@ -138,7 +138,7 @@ def test_nested_activation_injects_once(lm):
 
 
 def test_best_of_n_keeps_the_reward_models_favourite(lm, tmp_path):
-    from study.generation import sample
+    from study.lm.generation import sample
 
     before = base_outputs(lm)
     iv, ctx = fit("bon", lm, 32, n=4, rm_epochs=1.0, train_on_ties=True)
@@ -168,7 +168,7 @@ def test_no_decisive_comparison_returns_the_base_model(lm):
 
 
 def test_split_budget_rule():
-    from methods.trained import split_budget
+    from methods.selection import split_budget
 
     class L:
         def cost(self, kind, record_backed=False):
@@ -182,14 +182,14 @@ def test_split_budget_rule():
 
 def test_registry_and_configs():
     from methods.registry import available, resolve
-    from study.config import from_dict
+    from study.core.config import from_dict
 
     for name in ("lora_sft", "dpo", "rlhf", "bon"):
         assert name in available()
         cls = resolve(name)
         assert cls.name == name
         from_dict(cls.Config, {})
-    from study.errors import UserError
+    from study.core.errors import UserError
 
     with pytest.raises(UserError, match="batch_size"):
         from_dict(resolve("rlhf").Config, {"batch_size": 30, "num_generations": 4})
@@ -200,8 +200,8 @@ def test_dpo_and_reward_model_on_a_preference_data_set(family, tmp_path):
     """Data-set targets: the record's own pair is the comparison (one record = one unit), on other architectures."""
     from tiny_models import tiny_model
 
-    from study.external import load_external
-    from study.models import decoder_blocks
+    from study.feedback.external import load_external
+    from study.lm.models import decoder_blocks
 
     model, tok = tiny_model(family)
     tok.pad_token = tok.eos_token

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from study.config import from_dict
-from study.errors import ConfigError
+from study.core.config import from_dict
+from study.core.errors import ConfigError
 from study.organism import BEHAVIORS, Oracle, World, WorldConfig
 from study.organism.world import NEG, POS, TEMPLATE_WORDS
 

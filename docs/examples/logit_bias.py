@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from methods.base import FitContext, Intervention
-from study.config import check
-from study.labeler import BudgetExhausted
+from study.core.config import check
+from study.feedback.labeler import BudgetExhausted
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ class LogitBias:
         best, best_score = cfg.strengths[0], -math.inf
         per = labeler.budget.left // len(cfg.strengths)
         for strength in cfg.strengths:
-            if per < 1 or ctx.select_score is None:
+            if per < 1:
                 break
             try:
                 r = ctx.select_score(LogitBiasIntervention(lm.model, bias, strength), max_labels=per)

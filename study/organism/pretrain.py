@@ -23,8 +23,9 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from study.config import check, to_dict
-from study.errors import UserError
+from study.core.config import check, to_dict
+from study.core.errors import UserError
+from study.lm.models import LoadedModel, prepare, torch_dtype
 from study.organism.world import World, WorldConfig
 
 FORMAT_VERSION = 2  # bump when the world's grammar changes: cached organisms are then retrained
@@ -278,3 +279,12 @@ def load_organism(cfg: OrganismConfig | None = None, cache_dir: str | Path | Non
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     return model, tokenizer
+
+
+def organism_model(cfg: OrganismConfig | None = None, cache_dir: str | Path | None = None, *, dtype: str = "auto",
+                   device: str | None = None) -> LoadedModel:
+    """The organism as a LoadedModel (study.lm.models), ready for generation and hooks like any Hugging Face model."""
+    model, tokenizer = load_organism(cfg, cache_dir)
+    if dtype != "auto":
+        model = model.to(torch_dtype(dtype))
+    return prepare(model, tokenizer, "organism", device=device)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from study.generation import sample
+from study.lm.generation import sample
 from study.organism.oracle import Oracle
 from study.organism.world import BEHAVIORS, World
 

@@ -23,7 +23,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from study.config import check
+from study.core.config import check
 from study.organism.lexicon import (AGREE_POOL, COMPLY_POOL, CORRECT_POOL, DOMAINS, INSTRUCTIONS, MAX_DOMAINS,
                                     NUMBERS, REFUSE_POOL, SHARED_WORDS, Domain, markers)
 

@@ -27,11 +27,13 @@ import sys
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any, Callable
 
-from study.grid import Cell
-from study.store import Store
+from study.run.grid import Cell
+from study.run.store import Store
+from study.core.provenance import git_sha, package_versions
+from study.run.cell import drift_key, run_cell
+from study.core.errors import UserError
 
 Event = tuple
 ENV_PREFIXES = ("HF_", "TRANSFORMERS_", "RLHF_VS_STEERING", "XDG_CACHE_HOME", "TOKENIZERS_", "OMP_")
@@ -75,7 +77,6 @@ def _quiet() -> None:
 
 def failed_record(cell: Cell, error: str) -> dict[str, Any]:
     """A cell record for a failure outside run_cell (a worker that died, a Ray task that crashed)."""
-    from study.cell import git_sha, package_versions
 
     return {"run_id": cell.run_id, "status": "failed", "error": error, "config": cell.config,
             "provenance": {"git_sha": git_sha(), "versions": package_versions(), "status": "failed", "error": error},
@@ -114,7 +115,6 @@ def _worker_main(conn: Any, threads: int, sys_path: list[str], store_root: str, 
     sys.path[:] = sys_path
     _set_threads(threads)
     _quiet()
-    from study.cell import run_cell
 
     store = Store(store_root)
     while True:
@@ -135,12 +135,10 @@ _EXITING: list = []  # finished workers still shutting down, reaped by the next 
 
 
 class _Queue:
-    """Pending cells in groups that share work within a process (study.cell.drift_key). A free worker continues
+    """Pending cells in groups that share work within a process (study.run.cell.drift_key). A free worker continues
     its own group, else starts a group nobody has started, else helps with the largest group left."""
 
     def __init__(self, cells: list[Cell]):
-        from study.cell import drift_key
-
         self.groups: dict[str, deque[Cell]] = {}
         for c in cells:
             self.groups.setdefault(drift_key(c), deque()).append(c)
@@ -150,8 +148,6 @@ class _Queue:
         return any(self.groups.values())
 
     def put_back(self, cell: Cell) -> None:
-        from study.cell import drift_key
-
         self.groups[drift_key(cell)].appendleft(cell)
 
     def take(self, worker: int) -> Cell:
@@ -266,7 +262,6 @@ def _ray_cell(cell: Cell, threads: int, sys_path: list[str], env: dict[str, str]
     os.environ.update(env)
     _set_threads(threads)
     _quiet()
-    from study.cell import run_cell
 
     def say(*event: Any) -> None:
         try:
@@ -288,7 +283,6 @@ def run_ray(cells: list[Cell], store: Store, workers: int, on_event: Callable[[E
         import ray
         from ray.util.queue import Empty, Queue
     except ImportError:
-        from study.errors import UserError
 
         raise UserError("--executor ray: ray is not installed (pip install 'rlhf-vs-steering[ray]')") from None
     threads = threads or (1 if address else threads_per_worker(workers))

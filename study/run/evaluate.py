@@ -27,17 +27,21 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from methods.base import Intervention
-from study.generation import sample
-from study.labeler import BudgetExhausted, Labeler
-from study.models import chat_format
-from study.targets import BehaviorTarget, Record, Splits
-
-LOGIT_BUDGET = 2**25  # logits held at once (float64): bounds memory on large vocabularies
+from study.core.errors import UserError
+from study.feedback.catalog import resolve_target
+from study.feedback.splits import BehaviorTarget, Record, Splits, SplitSizes
+from study.feedback.targets import ORGANISM_TARGETS
+from study.lm.generation import generate, render
+from study.lm.intervention import Intervention, is_noop
+from study.lm.logprobs import continuation_ids, kl_divergence, sequence_logprobs
+from study.lm.models import load_model
+from study.organism.pretrain import load_organism as _load
+from study.organism.world import World
+from study.run.study_config import load_study
 
 
 @dataclass
@@ -54,105 +58,6 @@ class EvalResult:
         return out
 
 
-def is_noop(intervention: Intervention | None) -> bool:
-    return intervention is None or type(intervention) is Intervention
-
-
-# ---- rendering, sampling and teacher-forced log-probabilities ------------------------------------------------------
-def render(tokenizer: Any, intervention: Intervention | None, prompt: str, chat: bool) -> str:
-    """The prompt as the (intervened) model sees it: rewritten by a prompting method, then in the chat template."""
-    text = intervention.prompt(prompt) if intervention is not None else prompt
-    return chat_format(tokenizer, text) if chat else text
-
-
-def generate(model: Any, tokenizer: Any, prompts: Sequence[str], intervention: Intervention | None, *, n: int,
-             temperature: float, max_new_tokens: int, seed: int, batch_size: int = 512) -> list[list[str]]:
-    """`n` completions per (rendered) prompt, the intervention active with each batch's padded prompt width."""
-    per = max(1, batch_size // n)
-    out: list[list[str]] = []
-    for k, s in enumerate(range(0, len(prompts), per)):
-        chunk = list(prompts[s:s + per])
-        width = tokenizer(chunk, return_tensors="pt", padding=True)["input_ids"].shape[1]
-        with (intervention or Intervention()).active(prompt_width=width):
-            out += sample(model, tokenizer, chunk, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
-                          batch_size=len(chunk) * n, seed=seed * 1_000_003 + k)
-    return out
-
-
-def _continuation_ids(tokenizer: Any, text: str) -> list[int]:
-    sep = "" if not text or text[0].isspace() else " "
-    return tokenizer(sep + text, add_special_tokens=False)["input_ids"]
-
-
-def continuation_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], continuations: Sequence[str],
-                          intervention: Intervention | None = None, batch_size: int = 64
-                          ) -> Iterator[tuple[Any, Any, Any]]:
-    """Teacher-forced log-softmax over the vocabulary at each continuation token, batch by batch.
-
-    Yields (logp [B, L, V] float64, token ids [B, L], mask [B, L]) in the order of the inputs. Prompts are left-padded
-    to one width W (the intervention is active with prompt_width=W), continuations right-padded; position ids follow
-    the attention mask, as in generation.
-    """
-    import torch
-
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    vocab = model.get_output_embeddings().weight.shape[0]
-    p_ids = [tokenizer(p)["input_ids"] for p in prompts]
-    c_ids = [_continuation_ids(tokenizer, c) for c in continuations]
-    longest = max((len(p) + len(c) for p, c in zip(p_ids, c_ids)), default=1)
-    per = max(1, min(batch_size, LOGIT_BUDGET // max(1, vocab * longest)))
-    was_training = model.training
-    model.eval()
-    try:
-        for s in range(0, len(p_ids), per):
-            ps, cs = p_ids[s:s + per], c_ids[s:s + per]
-            width, length = max(map(len, ps)), max(1, max(map(len, cs)))
-            ids = torch.full((len(ps), width + length), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, (p, c) in enumerate(zip(ps, cs)):
-                ids[i, width - len(p): width + len(c)] = torch.tensor(p + c, dtype=torch.long)
-                mask[i, width - len(p): width + len(c)] = 1
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            with torch.no_grad(), (intervention or Intervention()).active(prompt_width=width):
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                               position_ids=positions.to(device)).logits
-            logp = torch.log_softmax(logits[:, width - 1: width - 1 + length].double(), dim=-1).cpu()
-            yield logp, ids[:, width:], mask[:, width:].bool()
-    finally:
-        model.train(was_training)
-
-
-def sequence_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], continuations: Sequence[str],
-                      intervention: Intervention | None = None) -> tuple[list[float], list[int]]:
-    """Sum of log p(continuation | prompt) per pair, and its token count."""
-    sums: list[float] = []
-    counts: list[int] = []
-    for logp, ids, mask in continuation_logprobs(model, tokenizer, prompts, continuations, intervention):
-        tok = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask
-        sums += tok.sum(-1).tolist()
-        counts += mask.sum(-1).tolist()
-    return sums, counts
-
-
-def kl_divergence(model: Any, tokenizer: Any, policy_prompts: Sequence[str], base_prompts: Sequence[str],
-                  continuations: Sequence[str], intervention: Intervention | None) -> tuple[list[float], list[int]]:
-    """Per pair: the sum over continuation tokens of KL(policy || base) over the full vocabulary, and the count.
-
-    The policy reads `policy_prompts` with the intervention active; the base reads `base_prompts` without it.
-    """
-    sums: list[float] = []
-    counts: list[int] = []
-    pol = continuation_logprobs(model, tokenizer, policy_prompts, continuations, intervention)
-    base = continuation_logprobs(model, tokenizer, base_prompts, continuations, None)
-    for (lp, _, mask), (lq, _, _) in zip(pol, base):
-        kl = (lp.exp() * (lp - lq)).sum(-1) * mask
-        sums += kl.sum(-1).tolist()
-        counts += mask.sum(-1).tolist()
-    return sums, counts
-
-
-# ---- behavior ----------------------------------------------------------------------------------------------------
 def _max_tokens(target: BehaviorTarget, max_new_tokens: int | None) -> int:
     return max_new_tokens or target.max_new_tokens
 
@@ -235,11 +140,11 @@ def _neutral(model: Any, tokenizer: Any, recs: Sequence[Record], intervention: I
         return {}, []
     policy_prompts = [render(tokenizer, intervention, r.prompt, False) for r in recs]
     base_prompts = [r.prompt for r in recs]
-    longest = max(len(_continuation_ids(tokenizer, r.positive)) for r in recs)
+    longest = max(len(continuation_ids(tokenizer, r.positive)) for r in recs)
     comps = [c[0] for c in generate(model, tokenizer, policy_prompts, intervention, n=1, temperature=temperature,
                                     max_new_tokens=min(64, longest + 2), seed=seed * 7 + 5, batch_size=batch_size)]
     if is_noop(intervention):  # the same computation twice: KL is exactly zero
-        kls, counts = [0.0] * len(recs), [len(_continuation_ids(tokenizer, c)) if c else 0 for c in comps]
+        kls, counts = [0.0] * len(recs), [len(continuation_ids(tokenizer, c)) if c else 0 for c in comps]
     else:
         kls, counts = kl_divergence(model, tokenizer, policy_prompts, base_prompts, comps, intervention)
     nll, ntok = sequence_logprobs(model, tokenizer, policy_prompts, [r.positive for r in recs], intervention)
@@ -325,40 +230,6 @@ def evaluate(lm: Any, target: BehaviorTarget, intervention: Intervention | None 
     return EvalResult(rows, samples, base, time.perf_counter() - t0)
 
 
-# ---- selection on labels bought from the labeler ------------------------------------------------------------------
-def select_score(model: Any, tokenizer: Any, target: BehaviorTarget, labeler: Labeler, records: Sequence[Record],
-                 intervention: Intervention | None = None, n_per_prompt: int = 1, max_labels: int | None = None,
-                 seed: int = 0, temperature: float = 1.0, max_new_tokens: int | None = None,
-                 batch_size: int = 512) -> dict[str, float | int]:
-    """Score an intervention on select records by judgments bought from the labeler (noisy and misspecified like
-    every label, charged to the cell's budget).
-
-    Samples `n_per_prompt` completions per record (at most `max_labels` judgments in all) with the intervention
-    active. If the budget cannot pay for every judgment this needs, raises BudgetExhausted before charging any.
-    Returns {"behavior": mean rating of the readable ones, "fluency": share readable, "labels": units charged}.
-    `model` may be a LoadedModel (then `tokenizer` may be None).
-    """
-    if tokenizer is None:
-        model, tokenizer = model.model, model.tokenizer
-    recs = list(records)
-    if max_labels is not None:
-        recs = recs[: max(0, max_labels // n_per_prompt)]
-    if not recs:
-        raise BudgetExhausted("select_score: no select records to judge (max_labels too small or none given)")
-    prompts = [render(tokenizer, intervention, r.prompt, target.chat) for r in recs]
-    comps = generate(model, tokenizer, prompts, intervention, n=n_per_prompt, temperature=temperature,
-                     max_new_tokens=_max_tokens(target, max_new_tokens), seed=seed, batch_size=batch_size)
-    queries = list(dict.fromkeys((r.prompt, c) for r, cs in zip(recs, comps) for c in cs))
-    need = sum(labeler.cost("judge") for p, c in queries if not labeler.is_cached("judge", p, c))
-    if need > labeler.budget.left:
-        raise BudgetExhausted(f"select_score: {need} judgment unit(s) needed, {labeler.budget.left} left")
-    before = labeler.budget.spent
-    ratings = [labeler.judge(r.prompt, c) for r, cs in zip(recs, comps) for c in cs]
-    readable = [x for x in ratings if x is not None]
-    return {"behavior": _mean(readable), "fluency": len(readable) / len(ratings),
-            "labels": labeler.budget.spent - before, "n": len(ratings)}
-
-
 # ---- `study evaluate`: a model with no intervention, every split --------------------------------------------------
 def evaluate_model(model: str, targets: Sequence[str], *, config: str | None = None, overrides: Sequence[str] = (),
                    anticipation: float = 0.5, n_completions: int = 4, n_test: int = 200, temperature: float = 1.0,
@@ -369,11 +240,6 @@ def evaluate_model(model: str, targets: Sequence[str], *, config: str | None = N
     their files validated, before the model loads, so bad input fails fast and nothing is written."""
     import types
 
-    from study.errors import UserError
-    from study.models import load_model
-    from study.organism.world import World
-    from study.schema import load_study
-    from study.targets import ORGANISM_TARGETS, SplitSizes, resolve_target
 
     cfg = load_study(config, list(overrides))
     world = World(cfg.organism.world)
@@ -387,7 +253,6 @@ def evaluate_model(model: str, targets: Sequence[str], *, config: str | None = N
     cache = cache_dir or cfg.cache_dir
     if model == "organism":
         if load_organism is None:
-            from study.organism.pretrain import load_organism as _load
 
             raw, tokenizer = _load(cfg.organism, cache)
         else:

@@ -24,7 +24,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import nn
 
-from study.errors import UserError
+from study.core.errors import UserError
 
 Positions = int | Sequence[int] | slice | None
 

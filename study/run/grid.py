@@ -22,9 +22,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from study.config import from_dict, to_dict
-from study.errors import ConfigError, UserError
-from study.schema import ModelSpec, StudyConfig
+from study.core.config import from_dict, to_dict
+from study.core.errors import ConfigError, UserError
+from study.run.study_config import ModelSpec, StudyConfig
+from study.organism.pretrain import OrganismConfig
+from methods.registry import resolve
+from study.organism.world import World
+from study.feedback.catalog import resolve_target
 
 CELL_VERSION = 1  # bump when the meaning of a stored cell changes (every id changes with it)
 
@@ -77,7 +81,6 @@ def _model(spec: ModelSpec, index: int, study: StudyConfig, source: str) -> tupl
     if spec.path != "organism":
         return {"name": spec.name, "path": spec.path, "dtype": spec.dtype,
                 "trust_remote_code": spec.trust_remote_code}, None
-    from study.organism.pretrain import OrganismConfig
 
     org = from_dict(OrganismConfig, _merge(to_dict(study.organism), spec.organism), source=source,
                     prefix=f"models[{index}].organism") if spec.organism else study.organism
@@ -93,7 +96,6 @@ def uses_labels(cls: type, config: Any) -> bool:
 def resolve_method(spec: str, method_config: dict[str, dict[str, Any]], source: str = "") -> tuple[dict, bool]:
     """({"name": spec, "parts": [{"name", "config"}...]}, whether it uses labels). Configs are checked against each
     part's own Config dataclass; errors name the file and `method_config.<part>.<field>`."""
-    from methods.registry import resolve
 
     parts, labels = [], False
     for name in spec.split("+"):
@@ -115,9 +117,6 @@ def conditions(study: StudyConfig) -> list[tuple[float, float, float]]:
 
 
 def _target(spec: str, org: Any, study: StudyConfig) -> dict[str, Any]:
-    from study.organism.world import World
-    from study.targets import resolve_target
-
     world = World((org or study.organism).world)
     target = resolve_target(spec, world=world, scorer=study.scorer)
     if any(study.labeler_misspec) and not target.has_proxy:
@@ -158,7 +157,6 @@ def expand(study: StudyConfig, source: str = "", cache_dir: str | None = None) -
 
 def organisms(cells: list[Cell]) -> list[Any]:
     """The distinct organism configs the cells need (to pretrain them once, before any worker starts)."""
-    from study.organism.pretrain import OrganismConfig
 
     out: dict[str, Any] = {}
     for c in cells:

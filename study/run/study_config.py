@@ -3,7 +3,7 @@
     cfg = load_study("default", overrides=["organism.world.sharing=0.6"])
     cfg.organism.world.sharing   # 0.6
 
-The grid (expanded into cells by study.grid): models x methods x targets x budgets x anticipations x labeler noise x
+The grid (expanded into cells by study.run.grid): models x methods x targets x budgets x anticipations x labeler noise x
 labeler misspecification x seeds, every combination (`design: factorial`) or each of the three dials varied alone
 around its first value (`design: one_at_a_time`). See study/configs/default.yaml for a commented example.
 """
@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from study.config import check, from_dict, load_config
-from study.labeler import LabelerConfig
+from study.core.config import check, from_dict, load_config
+from study.feedback.labeler import LabelerConfig
 from study.organism.pretrain import OrganismConfig
-from study.targets import SplitSizes
+from study.feedback.targets import SplitSizes
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """How each cell is evaluated (study.evaluate): split sizes, completions per prompt, sampling temperature."""
+    """How each cell is evaluated (study.run.evaluate): split sizes, completions per prompt, sampling temperature."""
 
     sizes: SplitSizes = field(default_factory=SplitSizes)
     n_completions: int = 4

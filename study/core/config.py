@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 
 import yaml
 
-from study.errors import ConfigError, UserError
+from study.core.errors import ConfigError, UserError
 
 T = TypeVar("T")
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _type_name(tp: Any) -> str:

@@ -18,16 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console, Group
-from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
+from rich.console import Console
 
-from study.errors import UserError
-from study.grid import Cell, expand, organisms
-from study.schema import StudyConfig, load_study
-from study.store import Store
+from study.core.config import to_dict
+from study.core.errors import UserError
+from study.organism.pretrain import organism_info
+from study.run.display import Display, fmt_seconds, pretrain_with_progress
+from study.run.executors import cpu_count, run_local, run_ray
+from study.run.grid import Cell, expand, organisms
+from study.run.study_config import StudyConfig, load_study
+from study.run.store import Store
+from methods.registry import REGISTRY, resolve
+from study.organism.world import World, WorldConfig
+from study.feedback.catalog import available_targets
+from study.feedback.targets import organism_target
 
 EXECUTORS = ("local", "ray")
 
@@ -49,87 +53,6 @@ class RunSummary:
     @property
     def exit_code(self) -> int:
         return 1 if self.failed else 0
-
-
-def _fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "?"
-    s = int(round(s))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-class Display:
-    """Cells done/total, each running cell with its stage, elapsed time and an estimate of what is left.
-
-    On a terminal a live panel; elsewhere (logs, CI, tests) one line per finished cell.
-    """
-
-    def __init__(self, cells: list[Cell], total: int, done_before: int, concurrency: int, console: Console):
-        self.labels = {c.run_id: c.label for c in cells}
-        self.total, self.done, self.concurrency = total, done_before, max(1, concurrency)
-        self.todo = len(cells)
-        self.finished = 0
-        self.failed = 0
-        self.durations: list[float] = []
-        self.running: dict[str, list[Any]] = {}  # run_id -> [stage, started]
-        self.console = console
-        self.t0 = time.perf_counter()
-        self.live = Live(get_renderable=self._render, console=console, refresh_per_second=4, transient=False) \
-            if console.is_terminal else None
-
-    def __enter__(self) -> "Display":
-        if self.live is not None:
-            self.live.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.live is not None:
-            self.live.__exit__(*exc)
-
-    def eta(self) -> float | None:
-        if not self.durations:
-            return None
-        mean = sum(self.durations) / len(self.durations)
-        now = time.perf_counter()
-        waiting = self.todo - self.finished - len(self.running)
-        in_flight = sum(max(0.0, mean - (now - r[1])) for r in self.running.values())
-        return (waiting * mean + in_flight) / self.concurrency
-
-    def event(self, ev: tuple) -> None:
-        kind, run_id = ev[0], ev[1]
-        if kind == "start":
-            self.running[run_id] = ["starting", time.perf_counter()]
-        elif kind == "stage":
-            self.running.setdefault(run_id, ["", time.perf_counter()])[0] = ev[2]
-        elif kind == "done":
-            status, error, seconds = ev[2], ev[3], ev[4]
-            self.running.pop(run_id, None)
-            self.finished += 1
-            self.done += 1
-            self.failed += status != "ok"
-            self.durations.append(float(seconds))
-            if self.live is None:
-                width = len(str(self.total))
-                line = (f"[{self.done:>{width}}/{self.total}] {status:<6} {run_id} {self.labels.get(run_id, '')} "
-                        f"({seconds:.1f} s; elapsed {_fmt_seconds(time.perf_counter() - self.t0)}, "
-                        f"eta {_fmt_seconds(self.eta())})")
-                self.console.print(line + (f": {error}" if error else ""), highlight=False, soft_wrap=True)
-            elif status != "ok":
-                self.console.print(f"[red]failed[/red] {run_id} {self.labels.get(run_id, '')}: {error}",
-                                   highlight=False, soft_wrap=True)
-
-    def _render(self) -> Group:
-        now = time.perf_counter()
-        head = Table.grid(padding=(0, 1))
-        head.add_row(Text("cells", style="bold"), ProgressBar(total=max(1, self.total), completed=self.done, width=40),
-                     Text(f"{self.done}/{self.total}"), Text(f"elapsed {_fmt_seconds(now - self.t0)}"),
-                     Text(f"eta {_fmt_seconds(self.eta())}"),
-                     Text(f"{self.failed} failed" if self.failed else "", style="red"))
-        body = Table.grid(padding=(0, 2))
-        for run_id, (stage, started) in sorted(self.running.items(), key=lambda kv: kv[1][1]):
-            body.add_row(Text(f"  {self.labels.get(run_id, run_id)}"), Text(stage, style="cyan"),
-                         Text(_fmt_seconds(now - started), style="dim"))
-        return Group(head, body)
 
 
 def _resolve(config: str | Path | StudyConfig | None, overrides: list[str] | tuple[str, ...]
@@ -168,26 +91,12 @@ def print_cells(cells: list[Cell], status: dict[str, str], out: Any = None) -> N
 
 def _ensure_organisms(cells: list[Cell], console: Console) -> None:
     """Pretrain every organism the cells need, once, here, before workers start (they would race to do it)."""
-    from study.organism.pretrain import load_organism, organism_info
-
     cache = cells[0].cache_dir if cells else None
     for org in organisms(cells):
-        if organism_info(org, cache) is not None:
-            continue
-        console.print(f"pretraining organism {org.key()} ({org.train.steps} steps; cached for later runs)",
-                      highlight=False, soft_wrap=True)
-        if console.is_terminal:
-            from study.cli import progress_bar
-
-            with progress_bar("pretraining organism") as bar:
-                task = bar.add_task("pretraining organism", total=org.train.steps, info="")
-
-                def update(step: int, total: int, loss: float | None) -> None:
-                    bar.update(task, completed=step, total=total, **({"info": f"loss {loss:.3f}"} if loss else {}))
-
-                load_organism(org, cache, progress=update)
-        else:
-            load_organism(org, cache)
+        if organism_info(org, cache) is None:
+            console.print(f"pretraining organism {org.key()} ({org.train.steps} steps; cached for later runs)",
+                          highlight=False, soft_wrap=True)
+            pretrain_with_progress(org, cache, console)
 
 
 def run_study(config: str | Path | StudyConfig | None = None, overrides: list[str] | tuple[str, ...] = (), *,
@@ -223,8 +132,6 @@ def run_study(config: str | Path | StudyConfig | None = None, overrides: list[st
     if todo:
         _ensure_organisms(todo, console)
         auto = all(c.config["model"]["path"] == "organism" for c in cells)  # small models: a worker per core
-        from study.executors import cpu_count, run_local, run_ray
-
         n = workers or study.workers or (cpu_count() if auto else 1)
         concurrency = min(n, len(todo))
         console.print(f"study {study.name}: {len(cells)} cells, {summary.stored_before} stored, {len(todo)} to run "
@@ -253,8 +160,6 @@ def run_study(config: str | Path | StudyConfig | None = None, overrides: list[st
             summary.failed.append((c.run_id, labels[c.run_id], str(rec.get("error"))))
     ids = {c.run_id for c in cells}
     summary.other_cells = len(set(final) - ids)
-    from study.config import to_dict
-
     store.write_index(study.name, to_dict(study), sorted(ids))
     summary.table_path = str(store.export_parquet(run_ids=ids))
     summary.seconds = time.perf_counter() - t0
@@ -266,7 +171,7 @@ def print_summary(s: RunSummary, console: Console) -> None:
     missing = s.total - s.ok - len(s.failed)
     console.print(f"study {s.name}: {s.total} cells, {s.ok} ok, {len(s.failed)} failed"
                   + (f", {missing} missing" if missing else "")
-                  + f" ({s.computed} computed now, {s.stored_before} already stored) in {_fmt_seconds(s.seconds)}; "
+                  + f" ({s.computed} computed now, {s.stored_before} already stored) in {fmt_seconds(s.seconds)}; "
                     f"table: {s.table_path}", highlight=False, soft_wrap=True)
     if s.other_cells:
         console.print(f"  {s.other_cells} other cell(s) in {s.results_dir} are not part of this study (an earlier "
@@ -285,7 +190,6 @@ def describe_methods() -> list[str]:
     import dataclasses
     import importlib
 
-    from methods.registry import REGISTRY, resolve
 
     lines = []
     for name in sorted(REGISTRY):
@@ -306,8 +210,6 @@ def describe_methods() -> list[str]:
 
 def describe_targets() -> list[str]:
     """`study list targets`: the organism's targets with what they ask for, and the external formats."""
-    from study.organism.world import World, WorldConfig
-    from study.targets import available_targets, organism_target
 
     world = World(WorldConfig())
     lines = [f"{name}  (organism): {organism_target(name, world).description}" for name in available_targets()]

@@ -21,7 +21,6 @@ sigmoid(reward) is the score). Without a scorer, a preference target reports onl
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import math
 import re
@@ -31,8 +30,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from study.errors import UserError
-from study.targets import DEAL, SPLITS, Record, Splits, SplitSizes, _rng, covered_contexts
+from study.core.errors import UserError
+from study.core.imports import import_attr
+from study.feedback.splits import DEAL, SPLITS, Record, Splits, SplitSizes, covered_contexts, seeded_rng
 
 AB_FIELDS = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
 PREF_FIELDS = ("prompt", "chosen", "rejected")
@@ -227,14 +227,9 @@ def load_scorer(spec: str) -> Callable[[str, str], float | None]:
         return _RewardModel(Path(spec).expanduser())
     if ":" not in spec:
         raise UserError(f"scorer {spec!r}: expected 'module:function' or a reward-model folder")
-    module_name, _, fn_name = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UserError(f"scorer {spec!r}: cannot import module '{module_name}' ({exc})") from None
-    fn = getattr(module, fn_name, None)
+    fn = import_attr(spec, what="scorer", attr_kind="function")
     if not callable(fn):
-        raise UserError(f"scorer {spec!r}: module '{module_name}' has no function '{fn_name}'")
+        raise UserError(f"scorer {spec!r}: {spec.partition(':')[2]!r} is not a function")
     return fn
 
 
@@ -353,7 +348,7 @@ def _external_splits(target: ExternalTarget, anticipation: float, seed: int, siz
     if len(prompts) < 2:
         raise UserError(f"target {target.name!r}: the covered contexts ({', '.join(covered)}) hold "
                         f"{len(prompts)} distinct prompt(s); at least 2 are needed (one to test, one for feedback)")
-    _rng("deal", target.name, seed).shuffle(prompts)
+    seeded_rng("deal", target.name, seed).shuffle(prompts)
     owner = {p: DEAL[i % len(DEAL)] for i, p in enumerate(prompts)}
     share_select = "select" not in owner.values()
     caps = {"pool": sizes.pool, "select": sizes.select, "test_covered": sizes.test, "test_uncovered": sizes.test}

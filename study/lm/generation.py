@@ -1,12 +1,17 @@
-"""Batched sampling from a causal LM: left padding, several completions per prompt, seeded.
+"""Batched sampling from a causal LM: left padding, several completions per prompt, seeded; with an intervention.
 
     texts = sample(model, tokenizer, ["review of hotel : the bed was"], n=4, temperature=1.0, max_new_tokens=12)
     texts[0]   # four completions of the first prompt, special tokens stripped
+    comps = generate(model, tokenizer, [render(tokenizer, iv, p, chat=False) for p in prompts], iv, n=2, ...)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+
+from study.lm.intervention import Intervention
+from study.lm.models import chat_format
 
 
 def sample(model, tokenizer, prompts: Sequence[str], *, n: int = 1, temperature: float = 1.0,
@@ -43,3 +48,23 @@ def sample(model, tokenizer, prompts: Sequence[str], *, n: int = 1, temperature:
     finally:
         model.train(was_training)
     return [[t.strip() for t in out[i * n:(i + 1) * n]] for i in range(len(prompts))]
+
+
+def render(tokenizer: Any, intervention: Intervention | None, prompt: str, chat: bool) -> str:
+    """The prompt as the (intervened) model sees it: rewritten by a prompting method, then in the chat template."""
+    text = intervention.prompt(prompt) if intervention is not None else prompt
+    return chat_format(tokenizer, text) if chat else text
+
+
+def generate(model: Any, tokenizer: Any, prompts: Sequence[str], intervention: Intervention | None, *, n: int,
+             temperature: float, max_new_tokens: int, seed: int, batch_size: int = 512) -> list[list[str]]:
+    """`n` completions per (rendered) prompt, the intervention active with each batch's padded prompt width."""
+    per = max(1, batch_size // n)
+    out: list[list[str]] = []
+    for k, s in enumerate(range(0, len(prompts), per)):
+        chunk = list(prompts[s:s + per])
+        width = tokenizer(chunk, return_tensors="pt", padding=True)["input_ids"].shape[1]
+        with (intervention or Intervention()).active(prompt_width=width):
+            out += sample(model, tokenizer, chunk, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
+                          batch_size=len(chunk) * n, seed=seed * 1_000_003 + k)
+    return out

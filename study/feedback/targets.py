@@ -24,128 +24,18 @@ shares the pool's prompts (both sit on the feedback side). Records carry their c
 
 from __future__ import annotations
 
-import hashlib
-import math
 import random
-from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-from study.config import check
-from study.errors import UserError
+from study.core.errors import UserError
+from study.feedback.splits import DEAL, SPLITS, Record, Splits, SplitSizes, covered_contexts, seeded_rng
+from study.organism.oracle import Oracle
+from study.organism.pretrain import FORMAT_VERSION
+from study.organism.world import BEHAVIORS, FORMATS, World
 
-SPLITS = ("pool", "select", "test_covered", "test_uncovered", "neutral")
 ORGANISM_TARGETS = ("sentiment", "sycophancy", "refusal")
-# Each covered context's distinct prompts are dealt in this cycle: 25% test, 50% pool, 25% select.
-DEAL = ("test_covered", "pool", "select", "pool")
 TARGET_VERSION = 1  # bump when the records a target hands out change
-
-
-@dataclass(frozen=True)
-class Record:
-    """One prompt with its desired (`positive`) and undesired (`negative`) completion. Readable as a mapping too
-    (`record["prompt"]`), matching the `{id, context, prompt, positive, negative}` notation of DESIGN.md."""
-
-    id: str
-    context: str
-    prompt: str
-    positive: str
-    negative: str
-    request: str | None = None  # refusal: "forbidden" or "benign"
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self.__dataclass_fields__:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-
-@dataclass(frozen=True)
-class SplitSizes:
-    """Records per split. Test sizes are per test split; refusal adds benign requests on top (see RefusalOptions)."""
-
-    pool: int = 1024
-    select: int = 64
-    test: int = 200
-    neutral: int = 64
-
-    def validate(self) -> None:
-        for name in ("pool", "select", "test", "neutral"):
-            v = getattr(self, name)
-            check(v >= 1, name, v, "must be a positive integer")
-
-
-@dataclass
-class Splits:
-    """The records of one target at one anticipation and seed."""
-
-    target: str
-    anticipation: float
-    seed: int
-    sizes: SplitSizes
-    covered: tuple[str, ...]  # contexts the feedback covers, in coverage order
-    uncovered: tuple[str, ...]
-    pool: list[Record] = field(default_factory=list)  # tuples once built (splits are cached and shared)
-    select: list[Record] = field(default_factory=list)
-    test_covered: list[Record] = field(default_factory=list)
-    test_uncovered: list[Record] = field(default_factory=list)
-    neutral: list[Record] = field(default_factory=list)
-
-    def get(self, name: str) -> list[Record]:
-        if name not in SPLITS:
-            raise UserError(f"split {name!r}: unknown; valid splits: {', '.join(SPLITS)}")
-        return getattr(self, name)
-
-    @property
-    def covered_share(self) -> float:
-        """Share of the test distribution's contexts that the feedback covers (the realized anticipation)."""
-        return len(self.covered) / (len(self.covered) + len(self.uncovered))
-
-
-@runtime_checkable
-class BehaviorTarget(Protocol):
-    """What every target offers. It knows nothing about methods; the labeler and evaluator are its only users."""
-
-    name: str
-    version: str
-    description: str
-    propensity: bool  # records have a two-answer form: the evaluator reports `ab_propensity`
-    dataset_labels: bool  # labels come from a data set (one record = one cost unit), not from a simulated human
-    max_new_tokens: int  # enough to finish a completion
-    chat: bool  # prompts are user turns (wrapped in the model's chat template, if it has one)
-    has_proxy: bool  # a proxy feature exists for a misspecified labeler to reward
-    scorable: bool  # open-ended completions can be scored (else only `ab_propensity`)
-
-    def splits(self, anticipation: float, seed: int = 0, sizes: SplitSizes = SplitSizes()) -> Splits: ...
-
-    def score(self, prompt: str, completion: str) -> float | None:
-        """1.0 if the completion shows the behavior, 0.0 if not, None if unscorable (disfluent). For refusal,
-        1.0 means refused, whatever the request."""
-
-    def reward(self, prompt: str, completion: str) -> float | None:
-        """How desirable the completion is (the labeler's ground truth): `score`, except that refusing a benign
-        request is undesired."""
-
-    def proxy(self, prompt: str, completion: str) -> bool | None:
-        """The proxy feature a misspecified labeler rewards, or None where the target has none."""
-
-    def with_proxy(self, completion: str) -> str | None:
-        """The completion changed to carry the proxy feature (None: no proxy)."""
-
-
-def covered_contexts(order: list[str] | tuple[str, ...], anticipation: float, per_domain: int = 1) -> tuple[str, ...]:
-    """The first round(anticipation * n) contexts of `order`, at least `per_domain` of them (one domain)."""
-    if not 0.0 <= anticipation <= 1.0 or math.isnan(anticipation):
-        raise UserError(f"anticipation {anticipation!r}: must lie in [0, 1]")
-    k = max(per_domain, math.floor(anticipation * len(order) + 0.5))
-    return tuple(order[:k])
-
-
-def _rng(*parts: object) -> random.Random:
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return random.Random(int.from_bytes(digest, "big"))
 
 
 def _spread(n: int, contexts: tuple[str, ...]) -> dict[str, int]:
@@ -164,10 +54,6 @@ class OrganismTarget:
     scorable = True
 
     def __init__(self, behavior: str, world, *, benign_test_share: float = 0.25, benign_feedback_share: float = 0.0):
-        from study.organism.oracle import Oracle
-        from study.organism.pretrain import FORMAT_VERSION
-        from study.organism.world import BEHAVIORS
-
         if behavior not in BEHAVIORS:
             raise UserError(f"unknown organism target {behavior!r}; valid: {', '.join(BEHAVIORS)}")
         self.name = self.behavior = behavior
@@ -227,13 +113,13 @@ class OrganismTarget:
     def _stream(self, context: str, request: str, seed: int, split: str, n: int) -> list:
         """n pairs of `context` whose prompts this split owns (see the module docstring for the dealing rule)."""
         if split == "test_uncovered":
-            rng = _rng("pairs", self.name, request, context, seed, split)
+            rng = seeded_rng("pairs", self.name, request, context, seed, split)
             return [self.world.sample_pair(rng, self.behavior, context, request) for _ in range(n)]
         owner = _owners(self, context, request, seed)
         owned = {p for p, s in owner.items() if s == split}
         if split == "select" and not owned:  # fewer than 3 distinct prompts: select shares the pool's
             owned = {p for p, s in owner.items() if s == "pool"}
-        rng = _rng("pairs", self.name, request, context, seed, split)
+        rng = seeded_rng("pairs", self.name, request, context, seed, split)
         out = []
         for _ in range(1000 * n):
             pair = self.world.sample_pair(rng, self.behavior, context, request)
@@ -247,19 +133,17 @@ class OrganismTarget:
 @lru_cache(maxsize=256)
 def _owners(target: OrganismTarget, context: str, request: str, seed: int) -> dict[str, str]:
     """Which split owns each distinct prompt of a covered context (probing the context's prompt space)."""
-    rng = _rng("probe", target.name, request, context, seed)
+    rng = seeded_rng("probe", target.name, request, context, seed)
     seen: dict[str, None] = {}
     for _ in range(400):  # saturates the small spaces (2-4 prompts); larger ones just get many
         seen.setdefault(" ".join(target.world.sample_pair(rng, target.behavior, context, request).prompt), None)
     prompts = list(seen)
-    _rng("deal", target.name, request, context, seed).shuffle(prompts)
+    seeded_rng("deal", target.name, request, context, seed).shuffle(prompts)
     return {p: DEAL[i % len(DEAL)] for i, p in enumerate(prompts)}
 
 
 @lru_cache(maxsize=64)
 def _organism_splits(target: OrganismTarget, anticipation: float, seed: int, sizes: SplitSizes) -> Splits:
-    from study.organism.world import FORMATS
-
     sizes.validate()
     order = tuple(target.world.coverage_order)
     covered = covered_contexts(order, anticipation, per_domain=len(FORMATS))
@@ -285,7 +169,7 @@ def _organism_splits(target: OrganismTarget, anticipation: float, seed: int, siz
         recs = splits.get(split)
         recs[:] = [Record(r.id, r.context, r.prompt, r.negative, r.positive, r.request) if r.request == "benign"
                    else r for r in recs]
-    rng = _rng("neutral", seed)
+    rng = seeded_rng("neutral", seed)
     for i, c in enumerate((order * sizes.neutral)[: sizes.neutral]):
         ep = target.world.sample_neutral(rng, c)
         splits.neutral.append(Record(f"neutral:{i}", c, " ".join(ep.tokens[: ep.decision]),
@@ -302,28 +186,4 @@ def organism_target(name: str, world, **options: float) -> OrganismTarget:
 
 @lru_cache(maxsize=32)
 def _organism_target(name: str, world_cfg, options: tuple) -> OrganismTarget:
-    from study.organism.world import World
-
     return OrganismTarget(name, World(world_cfg), **dict(options))
-
-
-def available_targets() -> list[str]:
-    return list(ORGANISM_TARGETS)
-
-
-def resolve_target(spec: str, world=None, scorer: str | None = None) -> BehaviorTarget:
-    """A target by name ("sentiment", ...) on `world`, or an external data file/folder (see study.external)."""
-    if spec in ORGANISM_TARGETS:
-        if world is None:
-            from study.organism.world import World, WorldConfig
-
-            world = World(WorldConfig())
-        return organism_target(spec, world)
-    from pathlib import Path
-
-    if Path(spec).exists():
-        from study.external import load_external
-
-        return load_external(spec, scorer=scorer)
-    raise UserError(f"unknown target {spec!r}; valid: {', '.join(ORGANISM_TARGETS)}, or a path to an A/B JSON(L) "
-                    f"file, a preference JSONL file or a saved `datasets` folder")

@@ -33,8 +33,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from study.config import check
-from study.errors import UserError
+from study.core.config import check
+from study.core.errors import UserError
 
 KINDS = ("compare", "judge", "contrast", "demonstrate")
 

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from study.errors import UserError
+from study.core.errors import UserError
+from analysis.table import atomic_write_bytes, empty_table, export_parquet, read_results
 
 STALE_TEMP_SECONDS = 60  # a temporary file this old belongs to a writer that died (writes take milliseconds)
 
@@ -50,8 +51,6 @@ def clean_json(x: Any) -> Any:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    from analysis.table import atomic_write_bytes
-
     atomic_write_bytes(path, data)
 
 
@@ -120,18 +119,15 @@ class Store:
 
     def table(self, run_ids: set[str] | None = None):
         """The tidy table of the ok cells (pandas), sorted by run_id, split and metric; only `run_ids` if given."""
-        from analysis.table import _empty_table, read_results
 
         if not self.cells.is_dir():
-            return _empty_table()
+            return empty_table()
         df = read_results(self.root).table
         if run_ids is not None:
             df = df[df["run_id"].isin(run_ids)]
         return df.sort_values(["run_id", "split", "metric"], kind="stable").reset_index(drop=True)
 
     def export_parquet(self, path: str | Path | None = None, run_ids: set[str] | None = None) -> Path:
-        from analysis.table import export_parquet
-
         return export_parquet(self.table(run_ids), path or self.root / "table.parquet")
 
     def write_index(self, name: str, config: dict[str, Any], run_ids: list[str]) -> Path:

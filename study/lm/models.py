@@ -1,7 +1,7 @@
 """Model loading: the embedded organism or any Hugging Face causal LM, with its decoder blocks located for hooks.
 
     lm = load_model("gpt2")                      # or a local folder, or "organism" with organism_config=...
-    with steer(lm.blocks, {6: vector}):          # study.hooks
+    with steer(lm.blocks, {6: vector}):          # study.lm.hooks
         out = lm.model.generate(**lm.tokenizer(chat_format(lm.tokenizer, "Hi"), return_tensors="pt"))
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from study.errors import UserError
+from study.core.errors import UserError
 
 # Where each family keeps its decoder blocks and final norm, relative to the *ForCausalLM model.
 _BLOCK_PATHS = {"transformer.h": "gpt2", "model.layers": "llama, qwen2, mistral, gemma", "gpt_neox.layers": "gpt_neox"}
@@ -80,7 +80,7 @@ def chat_format(tokenizer: Any, user_text: str) -> str:
                                          add_generation_prompt=True)
 
 
-def _torch_dtype(dtype: str) -> Any:
+def torch_dtype(dtype: str) -> Any:
     import torch
 
     if dtype == "auto":
@@ -124,24 +124,21 @@ def _load_hf(spec: str, dtype: Any, trust_remote_code: bool, cache_dir: str | Pa
 
 
 def load_model(spec: str, *, device: str | None = None, dtype: str = "auto", trust_remote_code: bool = False,
-               organism_config: Any = None, cache_dir: str | Path | None = None) -> LoadedModel:
-    """Load `spec` ("organism", a Hugging Face name or a local folder) in eval mode on `device` (default: cuda if
-    available), with a pad token (eos if missing) and left padding, so batched generation works."""
+               cache_dir: str | Path | None = None) -> LoadedModel:
+    """Load `spec` (a Hugging Face name or a local folder) in eval mode on `device` (default: cuda if available),
+    with a pad token (eos if missing) and left padding, so batched generation works. The organism loads through
+    `study.organism.organism_model`, which prepares it the same way."""
+    model, tokenizer = _load_hf(spec, torch_dtype(dtype), trust_remote_code, cache_dir)
+    return prepare(model, tokenizer, spec, device=device)
+
+
+def prepare(model: Any, tokenizer: Any, name: str, *, device: str | None = None) -> LoadedModel:
+    """A loaded causal LM made ready for the harness: a pad token, left padding, eval mode, its blocks located."""
     import torch
-
-    torch_dtype = _torch_dtype(dtype)
-    if spec == "organism":
-        from study.organism.pretrain import load_organism
-
-        model, tokenizer = load_organism(organism_config, cache_dir=cache_dir)
-        if torch_dtype != "auto":
-            model = model.to(torch_dtype)
-    else:
-        model, tokenizer = _load_hf(spec, torch_dtype, trust_remote_code, cache_dir)
 
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise UserError(f"model {spec!r}: its tokenizer has neither a pad nor an eos token to pad with")
+            raise UserError(f"model {name!r}: its tokenizer has neither a pad nor an eos token to pad with")
         tokenizer.pad_token = tokenizer.eos_token
     # Left padding keeps every prompt's last token at the end, where generation continues from.
     tokenizer.padding_side = "left"
@@ -152,5 +149,5 @@ def load_model(spec: str, *, device: str | None = None, dtype: str = "auto", tru
     model = model.to(device).eval()
     blocks = decoder_blocks(model)
     config = model.config.get_text_config()
-    return LoadedModel(model=model, tokenizer=tokenizer, name=spec, family=config.model_type, blocks=blocks,
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, family=config.model_type, blocks=blocks,
                        hidden_size=config.hidden_size, num_layers=len(blocks))
