@@ -6,7 +6,8 @@ torch, transformers, `study` or `methods`, so a report regenerates in seconds on
     from analysis.report import write_report
     summary = write_report("results/default", "reports")
 
-Modules: `table` (load the store), `metrics` (seed aggregation, bootstrap CIs, derived metrics), `figures` (PNG
-figures), `findings` (headline numbers and generated sentences), `report` (REPORT.md + summary.json), `synthetic`
-(results stores with known answers, for tests and benchmarks).
+Modules: `table` (load the store, with each model's identity), `metrics` (seed aggregation, bootstrap CIs, derived
+metrics), `figures` (PNG figures, drawn with the helpers in `plotting`), `findings` (headline numbers and generated
+sentences), `report` (REPORT.md + summary.json), `synthetic` (results stores with known answers, for tests and
+benchmarks).
 """

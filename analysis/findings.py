@@ -1,7 +1,9 @@
 """Headline numbers, the headline table and the findings sentences, all generated from the derived metrics.
 
 Nothing here is hard-coded about which method should win: every sentence is a template filled from the numbers, and
-a "win" is called clear only when the 95% CIs of the best and the runner-up do not overlap.
+a "win" is called clear only when the 95% CIs of the best and the runner-up do not overlap, never on one seed. A
+generalization ratio is shown only over a covered gain whose CI excludes 0; a target without an uncovered split is
+said to have none, and no question about uncovered contexts is asked of it.
 
     stats = Stats(agg=..., cost=..., gen=..., slopes=..., side=..., ref=ref, threshold=0.8)
     records = headline(stats); lines = finding_lines(records, winners(records, 0.8), 0.8)
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,8 @@ class Stats:
     side: pd.DataFrame
     ref: dict[str, float]
     threshold: float
+    measures: dict[tuple[str, str], str] = field(default_factory=dict)  # (model, target) -> metric read as behavior
+    missing: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # (model, target) -> (split, why)
 
 
 def _pick(frame: pd.DataFrame, **eq: Any) -> Rec | None:
@@ -55,14 +59,16 @@ def headline(s: Stats) -> list[Rec]:
     agg = M.at_reference(s.agg, s.ref)
     beh = agg[agg["metric"] == "behavior"]
     records = []
-    for (model, target, method), grp in beh.groupby(["model", "target", "method"], sort=True):
+    for (model, model_id, target, method), grp in beh.groupby(["model", "model_id", "target", "method"], sort=True):
         if method == BASE_METHOD:
             continue
         budget = int(grp["budget"].max())
-        key = {"model": model, "target": target, "method": method}
+        key = {"model": model, "model_id": model_id, "target": target, "method": method}
         at = key | {"budget": budget}
-        base = beh[(beh["model"] == model) & (beh["target"] == target) & (beh["method"] == BASE_METHOD)]
-        rec: Rec = key | {"budget": budget, "feedback_cost": float(grp.loc[grp["budget"] == budget,
+        base = beh[(beh["model_id"] == model_id) & (beh["target"] == target) & (beh["method"] == BASE_METHOD)]
+        rec: Rec = key | {"measure": s.measures.get((model, target), "behavior"),
+                          "missing_split": dict(zip(("split", "why"), s.missing.get((model, target), ()))) or None,
+                          "budget": budget, "feedback_cost": float(grp.loc[grp["budget"] == budget,
                                                                          "feedback_cost"].mean())}
         rec["behavior"] = {sp: _ci(_pick(grp, budget=budget, split=sp), "mean", "ci_lo", "ci_hi") for sp in SPLITS}
         rec["base_behavior"] = {sp: (float(base.loc[base["split"] == sp, "mean"].mean())
@@ -70,6 +76,7 @@ def headline(s: Stats) -> list[Rec]:
         rec["n"] = min((b["n"] for b in rec["behavior"].values() if b), default=0)
         g = _pick(M.at_reference(s.gen, s.ref), **at)
         rec["generalization"] = {c: _ci(g, c) for c in ("ratio", "gain_covered", "gain_uncovered")}
+        rec["generalization"]["covered_gain_clear"] = bool(g is not None and g["covered_gain_clear"])
         cost_at = M.at_reference(s.cost, s.ref)
         rec["cost_to_threshold"] = {}
         for sp in ("covered", "uncovered"):
@@ -127,6 +134,26 @@ def _cost(c: Rec | None) -> str:
     return _fmt(ci, "cost")
 
 
+def _ratio(r: Rec) -> str:
+    """The generalization ratio, or why there is none."""
+    if _absent([r]) is not None:
+        return f"n/a: no {_absent([r])} split"
+    if not r["generalization"].get("covered_gain_clear"):
+        return "n/a: no covered gain" + (" (n=1)" if r["n"] == 1 else "")
+    return _fmt(r["generalization"]["ratio"])
+
+
+def _facet_notes(r: Rec) -> list[str]:
+    """What a reader of this facet's numbers must know first: which measure is behavior, and a split it lacks."""
+    lines = []
+    if r.get("measure") == "ab_propensity":
+        lines.append("Behavior is `ab_propensity` here (mean p(matching answer) / (p(matching) + p(not matching)) "
+                     "in the data set's A/B form): this target has no sampled `behavior` rows.")
+    if r.get("missing_split"):
+        lines.append(r["missing_split"]["why"][0].upper() + r["missing_split"]["why"][1:] + ".")
+    return lines + ([""] if lines else [])
+
+
 def _facet_title(model: str, target: str, several_models: bool) -> str:
     return f"{target} ({model})" if several_models else target
 
@@ -137,8 +164,8 @@ def headline_tables(records: list[Rec], threshold: float) -> list[str]:
              "budget; n = seeds. Costs are in feedback cost units (one comparison = 1).", ""]
     for (model, target), recs in _by_facet(records):
         base = recs[0]["base_behavior"]
-        lines += [f"### {_facet_title(model, target, several)}", "",
-                  f"| method | budget (cost) | behavior, covered | behavior, uncovered | generalization ratio | "
+        lines += [f"### {_facet_title(model, target, several)}", ""] + _facet_notes(recs[0])
+        lines += [f"| method | budget (cost) | behavior, covered | behavior, uncovered | generalization ratio | "
                   f"cost to {threshold:g}, covered | cost to {threshold:g}, uncovered | KL per point | n |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
                   f"| none (base) | - | {_num(base['covered'])} | {_num(base['uncovered'])} | - | - | - | - | - |"]
@@ -146,7 +173,7 @@ def headline_tables(records: list[Rec], threshold: float) -> list[str]:
             lines.append(
                 f"| {r['method']} | {r['budget']} ({_num(r['feedback_cost'], 'cost')}) | "
                 f"{_fmt(r['behavior']['covered'])} | {_fmt(r['behavior']['uncovered'])} | "
-                f"{_fmt(r['generalization']['ratio'])} | {_cost(r['cost_to_threshold']['covered'])} | "
+                f"{_ratio(r)} | {_cost(r['cost_to_threshold']['covered'])} | "
                 f"{_cost(r['cost_to_threshold']['uncovered'])} | {_fmt(r['side_effects']['kl_per_pt'], 'small')} | "
                 f"{r['n']} |")
         lines.append("")
@@ -173,13 +200,16 @@ def _winner(recs: list[Rec], value: Callable[[Rec], Rec | None], higher: bool) -
     # Rounded so that float noise does not decide a tie; ties go to the alphabetically first method.
     scored.sort(key=lambda vm: (round(-vm[0]["mean"] if higher else vm[0]["mean"], 12), vm[1]))
     best, method = scored[0]
+    # One seed has no CI, so nothing it shows is a clear win (its collapsed "CI" would never overlap another's).
+    single = any(v.get("n", 2) < 2 for v, _ in scored[:2])
     out = {"method": method, "value": best["mean"], "lo": best["lo"], "hi": best["hi"], "runner_up": None,
-           "clear": True}
+           "clear": not single, "single_seed": single}
     if len(scored) > 1:
         second, m2 = scored[1]
         out["runner_up"], out["runner_up_value"] = m2, second["mean"]
         out["tied"] = round(best["mean"], 12) == round(second["mean"], 12)
-        out["clear"] = bool(best["lo"] > second["hi"]) if higher else bool(best["hi"] < second["lo"])
+        apart = bool(best["lo"] > second["hi"]) if higher else bool(best["hi"] < second["lo"])
+        out["clear"] = apart and not single
     return out
 
 
@@ -187,7 +217,7 @@ def _cost_ci(r: Rec, split: str) -> Rec | None:
     c = r["cost_to_threshold"].get(split)
     if not c or not c["reached"]:
         return None
-    return {"mean": c["feedback_cost"], "lo": c["cost_lo"], "hi": c["cost_hi"]}
+    return {"mean": c["feedback_cost"], "lo": c["cost_lo"], "hi": c["cost_hi"], "n": c["n"]}
 
 
 QUESTIONS: list[tuple[str, str, Callable[[Rec], Rec | None], bool]] = [
@@ -203,10 +233,18 @@ QUESTIONS: list[tuple[str, str, Callable[[Rec], Rec | None], bool]] = [
 ]
 
 
+def _absent(recs: list[Rec]) -> str | None:
+    """The split this facet has no contexts in (a target without contexts: uncovered), if any."""
+    return (recs[0].get("missing_split") or {}).get("split")
+
+
 def winners(records: list[Rec], threshold: float) -> list[Rec]:
     out = []
     for (model, target), recs in _by_facet(records):
+        absent = _absent(recs)
         for question, split, value, higher in QUESTIONS:
+            if absent is not None and absent in split.split("/"):  # a question about contexts it does not have
+                continue
             w = _winner(recs, value, higher)
             out.append({"model": model, "target": target, "question": question, "split": split,
                         "threshold": threshold if question.startswith("cheapest") else None} | (w or {"method": None}))
@@ -235,7 +273,9 @@ def _method_sentences(r: Rec, threshold: float) -> list[str]:
     m = r["method"]
     b, base = r["behavior"], r["base_behavior"]
     parts = []
-    for sp in ("covered", "uncovered"):
+    absent = _absent([r])
+    present = [sp for sp in ("covered", "uncovered") if sp != absent]
+    for sp in present:
         c = r["cost_to_threshold"].get(sp)
         if c is None:
             parts.append(f"has no {sp} contexts at this condition")
@@ -249,19 +289,30 @@ def _method_sentences(r: Rec, threshold: float) -> list[str]:
         if (base.get(sp) or 0.0) >= threshold:  # then the threshold measures nothing the feedback bought
             parts[-1] += f" (the base model already scores {_num(base[sp])} there)"
     out = [f"- **{m}** {'; it '.join(parts)}."]
-    ratio = r["generalization"]["ratio"]
-    text = (f"At its largest budget ({r['budget']} labels) behavior is {_fmt(b['covered'])} on covered vs "
-            f"{_fmt(b['uncovered'])} on uncovered contexts (base {_num(base['covered'])} / "
-            f"{_num(base['uncovered'])})")
-    if ratio and ratio["mean"] is not None and not math.isnan(ratio["mean"]):
-        text += f"; the uncovered gain is {_fmt(ratio)} of the covered gain"
+    if absent is None:
+        text = (f"At its largest budget ({r['budget']} labels) behavior is {_fmt(b['covered'])} on covered vs "
+                f"{_fmt(b['uncovered'])} on uncovered contexts (base {_num(base['covered'])} / "
+                f"{_num(base['uncovered'])})")
+        if r["generalization"].get("covered_gain_clear"):
+            text += f"; the uncovered gain is {_fmt(r['generalization']['ratio'])} of the covered gain"
+        elif r["n"] == 1:  # a ratio over a covered gain that may be zero is noise over noise
+            text += "; no generalization ratio (one seed cannot show a covered gain above zero)"
+        else:
+            text += "; no generalization ratio (no covered gain: its CI does not exclude 0)"
+    else:
+        sp = present[0]
+        text = (f"At its largest budget ({r['budget']} labels) behavior is {_fmt(b[sp])} on {sp} contexts "
+                f"(base {_num(base[sp])}; no {absent} contexts)")
     out.append(f"  {text}.")
     sl = r["slopes"]
-    out.append("  " + _trend(_get(sl, "anticipation", "all"), "Behavior on all test contexts", "anticipation") + "; "
-               + _trend(_get(sl, "anticipation", "uncovered"), "on uncovered contexts it", "anticipation") + ".")
+    if absent is None:
+        out.append("  " + _trend(_get(sl, "anticipation", "all"), "Behavior on all test contexts", "anticipation")
+                   + "; " + _trend(_get(sl, "anticipation", "uncovered"), "on uncovered contexts it", "anticipation")
+                   + ".")
+    misspec = "" if absent == "uncovered" else "; " + _trend(_get(sl, "labeler_misspec", "uncovered"),
+                                                              "on uncovered contexts it", "labeler misspecification")
     out.append("  " + _trend(_get(sl, "labeler_noise", "all"), "Behavior on all test contexts", "labeler noise")
-               + "; " + _trend(_get(sl, "labeler_misspec", "uncovered"), "on uncovered contexts it",
-                               "labeler misspecification") + ".")
+               + misspec + ".")
     se = r["side_effects"]
     if se["kl_per_pt"] is None or se["kl_per_pt"]["mean"] is None or math.isnan(se["kl_per_pt"]["mean"]):
         out.append(f"  Side-effect cost per point is undefined (behavior gain on all test contexts "
@@ -286,7 +337,8 @@ def winner_line(w: Rec, threshold: float) -> str:
         return f"- {label}: {w['method']} ({value}), the only method {only}."
     if w["tied"]:
         return f"- {label}: {w['method']} and {w['runner_up']} tie ({value})."
-    verdict = "clear" if w["clear"] else "CIs overlap, not a clear win"
+    verdict = "clear" if w["clear"] else ("single seed, no CI: not a clear win" if w.get("single_seed")
+                                          else "CIs overlap, not a clear win")
     return (f"- {label}: {w['method']} ({value}) ahead of {w['runner_up']} ({_num(w['runner_up_value'], kind)}); "
             f"{verdict}.")
 
@@ -312,10 +364,11 @@ def glance_lines(records: list[Rec], wins: list[Rec], threshold: float) -> list[
 def finding_lines(records: list[Rec], wins: list[Rec], threshold: float) -> list[str]:
     several = len({r["model"] for r in records}) > 1
     lines = ["## Findings", "", "Generated from the numbers above; a win is called clear only when the 95% CIs of the "
-             "best and the runner-up do not overlap. A slope against anticipation on uncovered contexts compares "
-             "different sets of contexts (more anticipation leaves fewer, and other, contexts uncovered).", ""]
+             "best and the runner-up do not overlap, and never on a single seed. A slope against anticipation on "
+             "uncovered contexts compares different sets of contexts (more anticipation leaves fewer, and other, "
+             "contexts uncovered).", ""]
     for (model, target), recs in _by_facet(records):
-        lines += [f"### {_facet_title(model, target, several)}", ""]
+        lines += [f"### {_facet_title(model, target, several)}", ""] + _facet_notes(recs[0])
         for r in recs:
             lines += _method_sentences(r, threshold)
         lines += ["", "Which method wins where:", ""]

@@ -18,13 +18,55 @@ import pandas as pd
 
 from analysis.table import BASE_METHOD
 
-CONFIG_KEYS = ["model", "method", "target", "target_version", "anticipation", "labeler_noise", "labeler_misspec",
-               "budget"]
+# `model_id` (the model's identity) is what keeps two models apart; `model`, its one-to-one label, rides along.
+CONFIG_KEYS = ["model", "model_id", "method", "target", "target_version", "anticipation", "labeler_noise",
+               "labeler_misspec", "budget"]
 # What a base ("none") row must share with a method row to be its baseline (plus the seed); budget is ignored.
-MATCH_KEYS = ["model", "target", "target_version", "anticipation", "labeler_noise", "labeler_misspec"]
+MATCH_KEYS = ["model", "model_id", "target", "target_version", "anticipation", "labeler_noise", "labeler_misspec"]
 DIALS = ("anticipation", "labeler_noise", "labeler_misspec")
 N_BOOT = 1000
 Stat = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+def with_model_id(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with a `model_id` column: a hand-built table without one is taken to name each model once."""
+    return frame if "model_id" in frame or "model" not in frame else frame.assign(model_id=frame["model"])
+
+
+def behavior_measures(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[tuple[str, str], str]]:
+    """The table with a `behavior` row beside every `ab_propensity` row of a (model, target) that has no `behavior`
+    rows (an A/B data set evaluated by propensity alone), and the measure each (model, target) reads as behavior."""
+    table = with_model_id(table)
+    measures: dict[tuple[str, str], str] = {}
+    copies = []
+    for (model, target), grp in table.groupby(["model", "target"], sort=True):
+        metrics = set(grp["metric"])
+        if "behavior" in metrics:
+            measures[(model, target)] = "behavior"
+        elif "ab_propensity" in metrics:
+            measures[(model, target)] = "ab_propensity"
+            copies.append(grp[grp["metric"] == "ab_propensity"].assign(metric="behavior"))
+    if copies:
+        table = pd.concat([table, *copies], ignore_index=True)
+    return table, measures
+
+
+def missing_splits(table: pd.DataFrame) -> dict[tuple[str, str], tuple[str, str]]:
+    """(split, why) for each (model, target) with behavior rows but none on uncovered (or covered) contexts."""
+    beh = table[table["metric"] == "behavior"]
+    out: dict[tuple[str, str], tuple[str, str]] = {}
+    for (model, target), grp in beh.groupby(["model", "target"], sort=True):
+        splits = set(grp["split"])
+        if "uncovered" not in splits:
+            if (grp["anticipation"] < 1.0).any():
+                why = ("no uncovered split: anticipation has no effect, because every record of this target is in one "
+                       "context, which the feedback covers at every anticipation; only covered contexts are reported")
+            else:
+                why = "no uncovered split: anticipation 1 covers every context; only covered contexts are reported"
+            out[(model, target)] = ("uncovered", why)
+        elif "covered" not in splits:
+            out[(model, target)] = ("covered", "no covered split: anticipation 0 leaves every context uncovered")
+    return out
 
 
 def method_order(methods: Iterable[str]) -> list[str]:
@@ -99,6 +141,7 @@ def aggregate(table: pd.DataFrame, n_boot: int = N_BOOT, seed: int = 0) -> pd.Da
 
     Columns: CONFIG_KEYS, split, metric, mean, ci_lo, ci_hi, n, single_seed, feedback_cost, labels_used, samples.
     """
+    table = with_model_id(table)
     keys = CONFIG_KEYS + ["split", "metric"]
     agg = seed_bootstrap(table, keys, ["value"], {"mean": lambda m: m["value"]}, n_boot, seed)
     agg = agg.rename(columns={"mean_lo": "ci_lo", "mean_hi": "ci_hi"})
@@ -109,6 +152,7 @@ def aggregate(table: pd.DataFrame, n_boot: int = N_BOOT, seed: int = 0) -> pd.Da
 
 def with_base(table: pd.DataFrame, metric: str = "behavior") -> pd.DataFrame:
     """Rows of `metric` for every method but the base, with the seed-matched base value and `gain` (NaN if no base)."""
+    table = with_model_id(table)
     rows = table[table["metric"] == metric]
     on = MATCH_KEYS + ["seed", "split"]
     base = rows[rows["method"] == BASE_METHOD].groupby(on, sort=True)["value"].mean().rename("base").reset_index()
@@ -119,6 +163,7 @@ def with_base(table: pd.DataFrame, metric: str = "behavior") -> pd.DataFrame:
 
 def missing_base(table: pd.DataFrame) -> pd.DataFrame:
     """Configurations (MATCH_KEYS + method) with behavior rows but no base-model cell of the same seed."""
+    table = with_model_id(table)
     rows = table[table["metric"] == "behavior"]
     on = MATCH_KEYS + ["seed"]
     base = rows.loc[rows["method"] == BASE_METHOD, on].drop_duplicates()
@@ -153,6 +198,7 @@ def cost_to_threshold(table: pd.DataFrame, threshold: float = 0.8, splits: Itera
     The CI resamples seeds (each seed's cells at every budget move together) and takes the 2.5/97.5% quantiles of the
     resulting first-crossing budget; `inf` where it is never reached (in the estimate or in a draw).
     """
+    table = with_model_id(table)
     keys = [k for k in CONFIG_KEYS if k != "budget"] + ["split"]
     rows = table[(table["metric"] == metric) & table["split"].isin(list(splits)) & (table["method"] != BASE_METHOD)]
     base = with_base(table, metric).groupby(keys, sort=True)["base"].mean()
@@ -189,8 +235,10 @@ def cost_to_threshold(table: pd.DataFrame, threshold: float = 0.8, splits: Itera
 def generalization(table: pd.DataFrame, min_gain: float = 0.02, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
     """Generalization ratio = uncovered gain / covered gain over the base, per config (ratio of seed-means).
 
-    NaN where the covered gain is below `min_gain`: a ratio over a gain that is noise says nothing.
+    NaN where the covered gain is below `min_gain`, or its CI does not exclude 0 (`covered_gain_clear` False; always
+    so with one seed): a ratio over a gain that is noise says nothing.
     """
+    table = with_model_id(table)
     b = with_base(table)
     b = b[b["split"].isin(["covered", "uncovered"])]
     wide = b.groupby(CONFIG_KEYS + ["seed", "split"], sort=True)["gain"].mean().unstack("split")
@@ -201,7 +249,13 @@ def generalization(table: pd.DataFrame, min_gain: float = 0.02, n_boot: int = N_
         return np.where(np.abs(m["covered"]) >= min_gain, m["uncovered"] / m["covered"], np.nan)
 
     stats = {"ratio": ratio, "gain_covered": lambda m: m["covered"], "gain_uncovered": lambda m: m["uncovered"]}
-    return seed_bootstrap(wide, CONFIG_KEYS, ["covered", "uncovered"], stats, n_boot, seed)
+    out = seed_bootstrap(wide, CONFIG_KEYS, ["covered", "uncovered"], stats, n_boot, seed)
+    # A ratio is read only over a covered gain that is clearly above zero: its CI excludes 0, which one seed cannot
+    # show. Elsewhere the ratio is noise over noise, however large.
+    out["covered_gain_clear"] = (out["gain_covered_lo"] > 0) & (out["n"] >= 2)
+    for c in ("ratio", "ratio_lo", "ratio_hi"):
+        out[c] = out[c].where(out["covered_gain_clear"])
+    return out
 
 
 def slope(table: pd.DataFrame, x: str = "anticipation", metric: str = "behavior", n_boot: int = N_BOOT,
@@ -211,6 +265,7 @@ def slope(table: pd.DataFrame, x: str = "anticipation", metric: str = "behavior"
     CI: resample seeds (all of a seed's points together), refit by weighted least squares. Groups with fewer than two
     distinct values of `x` are left out.
     """
+    table = with_model_id(table)
     keys = [k for k in CONFIG_KEYS if k != x] + ["split"]
     rows = table[(table["metric"] == metric) & table["value"].notna()]
     records, all_draws = [], []
@@ -245,6 +300,7 @@ def side_effects(table: pd.DataFrame, min_gain: float = 0.02, n_boot: int = N_BO
     drift: mean |drift:<other target>|. Each `*_per_pt` divides a seed-mean by 100 x the mean behavior gain, and is
     NaN where that gain is below `min_gain`.
     """
+    table = with_model_id(table)
     per_seed = CONFIG_KEYS + ["seed"]
     gain = with_base(table)
     gain = gain[gain["split"] == "all"].groupby(per_seed)["gain"].mean()
@@ -267,6 +323,7 @@ def side_effects(table: pd.DataFrame, min_gain: float = 0.02, n_boot: int = N_BO
 def pareto(agg: pd.DataFrame, split: str = "all") -> pd.DataFrame:
     """Behavior (split `split`) against KL per config, with `on_front`: no other config of the same model, target and
     condition has at least as much behavior at no more KL (and is strictly better in one)."""
+    agg = with_model_id(agg)
     beh = agg[(agg["metric"] == "behavior") & (agg["split"] == split)].set_index(CONFIG_KEYS)["mean"]
     kl = agg[agg["metric"] == "kl"].groupby(CONFIG_KEYS)["mean"].mean()
     pts = pd.concat({"behavior": beh, "kl": kl}, axis=1).dropna().reset_index()

@@ -8,7 +8,8 @@ For a method with truth (g, r, k, nz, ms) at budget b, anticipation a, labeler n
     kl = kl_c * ln(b);  fluency = 0.98 - fl * ln(b);  drift:<other> = dr * ln(b)
 
 The base model ("none") scores `base` on every split. Each seed adds a zero-mean offset (so seed means are exact),
-with a different pattern for the base than for methods, so CIs are not degenerate.
+with a different pattern for the base than for methods, so CIs are not degenerate. A model's `model_scale` multiplies
+g and kl_c; a target in `one_context` has no uncovered split and `all` = covered at every anticipation.
 
     spec = SyntheticSpec(anticipations=(0.25, 0.5, 1.0))
     write_results(tmp_path / "results", spec)
@@ -19,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,11 @@ DEFAULT_METHODS: dict[str, MethodTruth] = {
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    models: tuple[str, ...] = ("organism",)
+    models: tuple[str, ...] = ("organism",)  # display names, as the rows carry them
+    # Optional, one per model: the cell config's `model` (e.g. {"path": "organism", "organism_key": "k1"}; the name is
+    # added), so that two models may share a display name. Empty: the config's `model` is the bare name.
+    model_configs: tuple[dict[str, Any], ...] = ()
+    model_scale: tuple[float, ...] = ()  # optional, one per model: multiplies every method's gain and KL
     targets: tuple[str, ...] = ("sentiment", "sycophancy")
     methods: dict[str, MethodTruth] = field(default_factory=lambda: dict(DEFAULT_METHODS))
     budgets: tuple[int, ...] = (8, 32, 128, 512)
@@ -66,6 +71,10 @@ class SyntheticSpec:
     full_grid: bool = False  # False: vary one dial at a time around the first value of each
     with_base: bool = True
     samples: int = 8  # per-sample slope lines per steering cell (0: no JSONL)
+    # "ab_propensity": behavior is written as an A/B data set scored by propensity alone (no fluency rows either)
+    behavior_metric: str = "behavior"
+    # Targets whose records all sit in one context: no uncovered split at any anticipation, and `all` = covered.
+    one_context: tuple[str, ...] = ()
 
 
 def _offset(spec: SyntheticSpec, seed: int, base: bool) -> float:
@@ -101,15 +110,21 @@ def _row(common: dict[str, Any], split: str, metric: str, value: float, n: int =
     return common | {"split": split, "metric": metric, "value": value, "n": n}
 
 
-def _cell(spec: SyntheticSpec, model: str, target: str, method: str, budget: int, cond: tuple[float, float, float],
-          seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _cell(spec: SyntheticSpec, model: int | str, target: str, method: str, budget: int,
+          cond: tuple[float, float, float], seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     a, noise, misspec = cond
-    config = {"model": model, "target": target, "method": {"name": method}, "budget": budget, "anticipation": a,
+    i = spec.models.index(model) if isinstance(model, str) else model
+    model = spec.models[i]
+    model_config: Any = ({"name": model} | spec.model_configs[i]) if spec.model_configs else model
+    scale = spec.model_scale[i] if spec.model_scale else 1.0
+    config = {"model": model_config, "target": target, "method": {"name": method}, "budget": budget, "anticipation": a,
               "labeler": {"noise": noise, "misspec": misspec}, "seed": seed}
     run_id = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
     is_base = method == "none"
     t = MethodTruth(0.0, ratio=0.0, kl=0.0, fluency=0.0, drift=0.0, cost_per_label=0.0) if is_base \
         else spec.methods[method]
+    if scale != 1.0:
+        t = replace(t, gain=t.gain * scale, kl=t.kl * scale)
     cost = budget * t.cost_per_label
     common = {"run_id": run_id, "model": model, "method": method, "target": target, "target_version": "1",
               "budget": budget, "feedback_cost": cost, "labels_used": budget, "anticipation": a,
@@ -117,12 +132,15 @@ def _cell(spec: SyntheticSpec, model: str, target: str, method: str, budget: int
     off = _offset(spec, seed, is_base)
     lb = 0.0 if is_base else math.log(budget)
     rows = []
+    one = target in spec.one_context
     for split in ("covered", "uncovered", "all"):
-        if (split == "covered" and a == 0.0) or (split == "uncovered" and a == 1.0):
+        if (split == "covered" and a == 0.0 and not one) or (split == "uncovered" and (a == 1.0 or one)):
             continue  # nothing covered / nothing left uncovered
-        value = spec.base if is_base else expected(t, spec.base, split, budget, a, noise, misspec)
-        rows.append(_row(common, split, "behavior", min(1.0, max(0.0, value + off))))
-        rows.append(_row(common, split, "fluency", BASE_FLUENCY - t.fluency * lb))
+        truth_split = "covered" if one else split
+        value = spec.base if is_base else expected(t, spec.base, truth_split, budget, a, noise, misspec)
+        rows.append(_row(common, split, spec.behavior_metric, min(1.0, max(0.0, value + off))))
+        if spec.behavior_metric == "behavior":
+            rows.append(_row(common, split, "fluency", BASE_FLUENCY - t.fluency * lb))
     rows.append(_row(common, "neutral", "kl", t.kl * lb * (1.0 + off)))  # zero-mean offset: exact mean
     rows.append(_row(common, "neutral", "perplexity", 10.0 + t.kl * lb))
     for other in spec.targets:
@@ -146,10 +164,11 @@ def write_results(results_dir: str | Path, spec: SyntheticSpec | None = None) ->
     spec = spec or SyntheticSpec()
     cells_dir = Path(results_dir) / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(m, t, meth, b, c, s) for m in spec.models for t in spec.targets for meth in spec.methods
+    models = range(len(spec.models))  # by position: two models may share a display name
+    jobs = [(m, t, meth, b, c, s) for m in models for t in spec.targets for meth in spec.methods
             for b in spec.budgets for c in conditions(spec) for s in spec.seeds]
     if spec.with_base:
-        jobs += [(m, t, "none", 0, c, s) for m in spec.models for t in spec.targets for c in conditions(spec)
+        jobs += [(m, t, "none", 0, c, s) for m in models for t in spec.targets for c in conditions(spec)
                  for s in spec.seeds]
     ids = []
     for job in jobs:

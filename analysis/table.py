@@ -3,12 +3,17 @@
 A cell file that is malformed, truncated or missing required fields is skipped and named, never fatal: a study that is
 still running (or crashed half-way) must still report on what it has. Failed cells are listed apart.
 
+Besides the runner's row fields the table has `model_id`, the model's identity from the cell's config (organism key,
+or Hugging Face path and revision), and `model` is made one-to-one with it, so that two models that share a display
+name are never averaged together.
+
     results = read_results("results/default")   # .table, .skipped, .failed, .cells
     df = load_table("results/default")           # the table alone; skipped files are warned about
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -40,6 +45,8 @@ ROW_FIELDS: dict[str, str] = {
     "value": "value",
     "n": "int",
 }
+# Derived when reading, not written by the runner: the model's identity (see `model_identity`).
+TABLE_COLUMNS = ["run_id", "model", "model_id"] + [k for k in ROW_FIELDS if k not in ("run_id", "model")]
 SPLITS = ("covered", "uncovered", "all", "neutral", "select")
 BASE_METHOD = "none"
 
@@ -76,6 +83,15 @@ class Results:
     cells: dict[str, dict[str, Any]]  # run_id -> {"config": ..., "provenance": ...} of ok cells
     cells_dir: Path
 
+    def models(self) -> list[dict[str, Any]]:
+        """One entry per model identity: {"name" (the table's label), "id", "cells"}, in label order."""
+        t = self.table
+        if t.empty:
+            return []
+        per = t.groupby(["model_id", "model"], sort=True)["run_id"].nunique().reset_index()
+        return [{"name": m, "id": i, "cells": int(n)} for i, m, n in
+                sorted(per.itertuples(index=False), key=lambda r: (r[1], r[0]))]
+
 
 class _Malformed(ValueError):
     pass
@@ -106,8 +122,11 @@ def _check_value(kind: str, value: Any, name: str) -> Any:
     raise _Malformed(f"field '{name}' = {shown[:60] + '...' if len(shown) > 60 else shown} is not a valid {kind}")
 
 
-def _parse_cell(path: Path) -> dict[str, Any]:
-    """Read and validate one cell file; raise _Malformed with a one-line reason."""
+def parse_cell(path: Path) -> dict[str, Any]:
+    """Read and validate one cell file against the row contract; raise ValueError with a one-line reason.
+
+    The store (study/run/store.py) counts a cell as stored only if this accepts it, so the table and the runner never
+    disagree on which cells exist."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -155,6 +174,9 @@ def _parse_cell(path: Path) -> dict[str, Any]:
     return cell
 
 
+_parse_cell = parse_cell  # the old, private name
+
+
 def _cells_dir(results_dir: str | Path) -> Path:
     root = Path(results_dir)
     if not root.is_dir():
@@ -166,7 +188,33 @@ def _cells_dir(results_dir: str | Path) -> Path:
 
 def empty_table() -> pd.DataFrame:
     kinds = {"str": str, "version": str, "int": np.int64, "float": np.float64, "value": np.float64}
-    return pd.DataFrame({k: pd.Series([], dtype=kinds[v]) for k, v in ROW_FIELDS.items()})
+    return pd.DataFrame({k: pd.Series([], dtype=kinds[ROW_FIELDS.get(k, "str")]) for k in TABLE_COLUMNS})
+
+
+def model_identity(config: dict[str, Any], name: str) -> str:
+    """What makes two cells' models the same model: the organism's key, or the Hugging Face path (with its revision
+    where one is given). A config whose `model` is a bare string (older or hand-written stores) is identified by it;
+    with no model config at all, by the rows' display name."""
+    model = config.get("model")
+    if isinstance(model, dict):
+        key = model.get("organism_key")
+        if isinstance(key, str) and key:
+            return f"organism:{key}"
+        path = model.get("path")
+        if isinstance(path, str) and path:
+            rev = model.get("revision")
+            return f"{path}@{rev}" if isinstance(rev, str) and rev else path
+        model = model.get("name")
+    return model if isinstance(model, str) and model else name
+
+
+def _model_labels(table: pd.DataFrame) -> pd.Series:
+    """A display name per row that is one-to-one with `model_id`: the rows' name, with the identity added only where
+    two identities share a name (and names joined where one identity was run under several)."""
+    names = table.groupby("model_id", sort=True)["model"].agg(lambda s: " / ".join(sorted(set(s))))
+    shared = names.duplicated(keep=False)
+    labels = names.where(~shared, names + " (" + names.index.to_series() + ")")
+    return table["model_id"].map(labels)
 
 
 def read_results(results_dir: str | Path) -> Results:
@@ -175,7 +223,7 @@ def read_results(results_dir: str | Path) -> Results:
     skipped: list[SkippedFile] = []
     failed: list[FailedCell] = []
     cells: dict[str, dict[str, Any]] = {}
-    columns: dict[str, list[Any]] = {k: [] for k in ROW_FIELDS}
+    columns: dict[str, list[Any]] = {k: [] for k in TABLE_COLUMNS}
     # Sorted so the table (and everything downstream) does not depend on directory order; hidden files are the
     # runner's temporary names before its atomic rename.
     for path in sorted(p for p in cells_dir.glob("*.json") if not p.name.startswith(".")):
@@ -192,9 +240,12 @@ def read_results(results_dir: str | Path) -> Results:
         for row in cell["rows"]:
             for k in ROW_FIELDS:
                 columns[k].append(row[k])
+            columns["model_id"].append(model_identity(cell["config"], row["model"]))
     table = pd.DataFrame(columns) if cells else empty_table()
     if cells:
         table = table.astype({k: np.int64 for k, v in ROW_FIELDS.items() if v == "int"})
+        # Never average across models: rows are grouped by identity, and the label says which model is which.
+        table["model"] = _model_labels(table)
     return Results(table=table, skipped=skipped, failed=failed, cells=cells, cells_dir=cells_dir)
 
 
@@ -241,17 +292,35 @@ def load_slopes(cells_dir: Path, run_ids: list[str]) -> pd.DataFrame:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write to a temporary name beside `path`, then rename, so a crash never leaves a half-written file."""
+    """Write durably to a temporary name beside `path`, then rename, so a crash never leaves a half-written file.
+
+    The data is fsynced before the rename and the folder after it: without the first, a power loss can leave the new
+    name pointing at an empty file; without the second, the rename itself may be lost. The file gets the user's
+    umask (0o666 & ~umask), as `open` would give it. The temporary name `.<name>.<pid>@<host>.<hex>.tmp` says
+    which process wrote it, so a cleaner can tell a dead writer's leftovers from a live one's (Store.clean_temporary).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    host = "".join(c if c.isalnum() or c == "-" else "-" for c in os.uname().nodename)[:40]
+    tmp = path.parent / f".{path.name}.{os.getpid()}@{host}.{os.urandom(4).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(dir_fd)
+    except OSError as exc:  # some file systems (a few network ones) cannot fsync a folder; the rename stands
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(dir_fd)
     return path
 
 

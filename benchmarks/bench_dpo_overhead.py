@@ -75,7 +75,7 @@ def run_trl(lm, data, steps: int, batch: int, lr: float, beta: float, seed: int)
             trainer.train = timed_train
             return trainer
 
-        _, snaps, trainer = train_adapter(lm.model, make, [steps])
+        trainer = train_adapter(lm.model, make, [steps]).trainer
     total = time.perf_counter() - t0
     loss = [h["loss"] for h in trainer.state.log_history if "loss" in h][-1]
     return timing["train"], total, loss
@@ -154,7 +154,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from methods.dpo import DPOMethodConfig
-    from methods.lora_sft import steps_for
+    from methods.trained import steps_for
 
     cfg = DPOMethodConfig()
     lm, data = setup(args.config, args.budget, with_ties=args.with_ties)

@@ -14,59 +14,45 @@ the base model's (best-of-n changes which samples are kept, not the model's dist
 
 from __future__ import annotations
 
+import json
 import math
 import types
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from methods.base import FitContext, Intervention
-from methods.reward_model import RewardModel, RewardModelConfig, learned_vs_true, train_reward_model
-from methods.trained import buy_comparisons
-from study.core.config import check
+from methods.reward_model import LearnedRewardConfig, RewardModel, learned_vs_true, train_reward_model
+from methods.trained import AttachedOnce, buy_comparisons
 from methods.trl_presets import quiet
+from study.core.config import check
 
 
 @dataclass(frozen=True)
-class BestOfNConfig:
+class BestOfNConfig(LearnedRewardConfig):
     n: int = 8
-    rm_learning_rate: float = 3e-3
-    rm_epochs: float = 16.0
-    rm_rank: int = 8
-    train_on_ties: bool = False
-    temperature: float = 1.0  # of the base-model samples shown to the labeler
-    precision: str = "auto"
 
     def validate(self) -> None:
-
+        super().validate()
         check(self.n >= 1, "n", self.n, "must be >= 1")
-        check(self.rm_learning_rate > 0, "rm_learning_rate", self.rm_learning_rate, "must be positive")
 
 
-class BestOfNIntervention(Intervention):
+class BestOfNIntervention(AttachedOnce):
     def __init__(self, model: Any = None, tokenizer: Any = None, reward_model: RewardModel | None = None, n: int = 8,
                  chosen: dict | None = None):
         super().__init__()
         self.model, self.tokenizer, self.reward_model, self.n = model, tokenizer, reward_model, n
         self.chosen = dict(chosen or {})
-        self._depth = 0
 
-    @contextmanager
-    def _activate(self, prompt_width: int | None) -> Iterator[None]:
-        if self._depth == 0:
-            self._own = self.model.__dict__.get("generate")  # an instance-level generate someone else put there
-            self.model.generate = types.MethodType(self._best_of_n(self.model.generate), self.model)
-        self._depth += 1
-        try:
-            yield
-        finally:
-            self._depth -= 1
-            if self._depth == 0:
-                if self._own is None:
-                    del self.model.generate  # back to the class's own method
-                else:
-                    self.model.generate = self._own
+    def _attach(self) -> None:
+        self._own = self.model.__dict__.get("generate")  # an instance-level generate someone else put there
+        self.model.generate = types.MethodType(self._best_of_n(self.model.generate), self.model)
+
+    def _detach(self) -> None:
+        if self._own is None:
+            del self.model.generate  # back to the class's own method
+        else:
+            self.model.generate = self._own
 
     def _best_of_n(self, generate: Any) -> Any:
         import torch
@@ -104,8 +90,6 @@ class BestOfNIntervention(Intervention):
 
     @classmethod
     def load(cls, path: str | Path, model: Any) -> "BestOfNIntervention":
-        import json
-
         meta = json.loads((Path(path) / "intervention.json").read_text())
         rm = RewardModel.load(Path(path) / "reward_model", model.tokenizer)
         return cls(model.model, model.tokenizer, rm, meta["chosen"]["n"], meta["chosen"])
@@ -123,10 +107,7 @@ class BestOfN:
         cfg = self.config
         quiet()
         prefs = buy_comparisons(ctx, ctx.budget, temperature=cfg.temperature)
-        rm = train_reward_model(ctx, prefs, RewardModelConfig(learning_rate=cfg.rm_learning_rate,
-                                                              epochs=cfg.rm_epochs, rank=cfg.rm_rank,
-                                                              alpha=2.0 * cfg.rm_rank,
-                                                              train_on_ties=cfg.train_on_ties), cfg.precision)
+        rm = train_reward_model(ctx, prefs, cfg.reward_config(), cfg.precision)
         chosen = {"n": cfg.n, "comparisons": len(prefs), "ties": sum(p.tie for p in prefs),
                   "kl_bound": math.log(cfg.n) - (cfg.n - 1) / cfg.n, "config": asdict(cfg)}
         if rm is None:

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from methods.base import FitContext, Stacked
-from methods.lora_sft import steps_for
-from methods.trained import Preference, isolated_training, rendered
+from methods.trained import ComparisonsConfig, Preference, isolated_training, rendered, steps_for
 from methods.trl_presets import lora_config, silence_trainer, trainer_args, trainer_name, work_dir
+from study.core.config import check
 from study.lm.generation import generate, render
-
 
 
 @dataclass(frozen=True)
@@ -42,6 +41,25 @@ class RewardModelConfig:
     train_on_ties: bool = False
 
 
+@dataclass(frozen=True)
+class LearnedRewardConfig(ComparisonsConfig):
+    """The fields of the methods that fit a reward model on the comparisons they buy (rlhf, bon)."""
+
+    rm_learning_rate: float = 3e-3
+    rm_epochs: float = 16.0
+    rm_rank: int = 8
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.rm_learning_rate > 0, "rm_learning_rate", self.rm_learning_rate, "must be positive")
+        check(self.rm_epochs > 0, "rm_epochs", self.rm_epochs, "must be positive")
+        check(self.rm_rank >= 1, "rm_rank", self.rm_rank, "must be >= 1")
+
+    def reward_config(self) -> RewardModelConfig:
+        return RewardModelConfig(learning_rate=self.rm_learning_rate, epochs=self.rm_epochs, rank=self.rm_rank,
+                                 alpha=2.0 * self.rm_rank, train_on_ties=self.train_on_ties)
+
+
 class RewardModel:
     """Scores (prompt, completion) pairs: prompt + " " + completion + eos, read at the last token, standardized."""
 
@@ -54,8 +72,6 @@ class RewardModel:
     def text(self, prompt: str, completion: str, rendered: bool = False) -> str:
         """The text the reward model reads, exactly as RewardTrainer tokenized its training pairs. `rendered`: the
         prompt is already in the model's chat template (as trainers pass it)."""
-
-
         if not rendered:
             prompt = render(self.tokenizer, None, prompt, self.chat)
         return prompt + " " + completion.strip() + self.tokenizer.eos_token
@@ -129,7 +145,6 @@ def train_reward_model(ctx: FitContext, prefs: list[Preference], cfg: RewardMode
     """Fit a reward model on `prefs` (ties dropped unless asked); None when there is nothing decisive to fit."""
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
-
 
     keep = [p for p in prefs if cfg.train_on_ties or not p.tie]
     if not keep:

@@ -19,23 +19,21 @@ the select split like every trained method's.
 from __future__ import annotations
 
 import json
-import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from methods.base import FitContext, Intervention
-from methods.reward_model import RewardModel, RewardModelConfig, learned_vs_true, train_reward_model
-from methods.trained import LoraIntervention, buy_comparisons, rendered, snapshot_steps, train_adapter
-from methods.selection import select_best, split_budget
+from methods.base import FitContext
+from methods.lora_template import AdapterConfig, LoraMethod
+from methods.reward_model import LearnedRewardConfig, RewardModel, learned_vs_true, train_reward_model
+from methods.trained import LoraIntervention, buy_comparisons, rendered
 from study.core.config import check
-from methods.trl_presets import lora_config, quiet, trainer_args, trainer_name, work_dir
+from study.lm.generation import finite_float32_logits
 
 
 @dataclass(frozen=True)
-class RLHFConfig:
+class RLHFConfig(AdapterConfig, LearnedRewardConfig):
     trainer: str = "rloo"  # rloo (RLOOTrainer) or grpo (GRPOTrainer)
-    learning_rate: float = 3e-3  # of the policy's LoRA adapter
     # beta: KL(policy || base) penalty, in units of the standardized learned reward. At 0.05 (TRL's default) the policy
     # drifts to other domains' positive words that the reward model, fitted on base samples, never saw punished
     # (fluency 0.89 on sentiment); 0.5 keeps fluency at the base's level (pilot on seed 100, not a reported seed).
@@ -43,32 +41,24 @@ class RLHFConfig:
     steps: int = 40  # RL steps, the same at every budget (RL spends prompts, not labels)
     batch_size: int = 32  # completions per step
     num_generations: int = 4  # completions per prompt (the leave-one-out / group baseline)
-    temperature: float = 1.0
-    rank: int = 8
-    alpha: float = 16.0
-    rm_learning_rate: float = 3e-3
-    rm_epochs: float = 16.0
-    rm_rank: int = 8
-    train_on_ties: bool = False
-    select_share: float = 0.25
-    snapshots: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
-    precision: str = "auto"
 
     def validate(self) -> None:
+        super().validate()
         check(self.trainer in ("rloo", "grpo"), "trainer", self.trainer, "rloo or grpo")
-        check(self.learning_rate > 0 and self.rm_learning_rate > 0, "learning_rate", self.learning_rate,
-              "learning rates must be positive")
         check(self.kl_coef >= 0, "kl_coef", self.kl_coef, "must be >= 0")
         check(self.steps >= 1, "steps", self.steps, "must be >= 1")
         check(self.num_generations >= 2 and self.batch_size % self.num_generations == 0, "batch_size",
               self.batch_size, f"must be a multiple of num_generations ({self.num_generations}), which must be >= 2")
-        check(0.0 <= self.select_share < 1.0, "select_share", self.select_share, "must lie in [0, 1)")
-        check(all(0 < f <= 1 for f in self.snapshots), "snapshots", self.snapshots, "fractions in (0, 1]")
-        check(self.precision in ("auto", "fp32", "bf16"), "precision", self.precision, "auto, fp32 or bf16")
 
-    def reward_config(self) -> RewardModelConfig:
-        return RewardModelConfig(learning_rate=self.rm_learning_rate, epochs=self.rm_epochs, rank=self.rm_rank,
-                                 alpha=2.0 * self.rm_rank, train_on_ties=self.train_on_ties)
+
+@dataclass
+class RLData:
+    """What the RL run trains on: pool prompts (rendered) and the learned reward, which records every sample."""
+
+    prompts: Any  # a Dataset {prompt}: steps * batch_size / num_generations rendered pool prompts
+    reward_model: RewardModel
+    raw: dict[str, str]  # rendered prompt -> the prompt as the labeler saw it
+    trace: list[dict]  # {step, prompt, completion, learned_reward}, filled during the run
 
 
 class RLHFIntervention(LoraIntervention):
@@ -117,63 +107,60 @@ def _learned_reward(rm: RewardModel, raw_prompt: dict[str, str], trace: list[dic
     return learned_reward
 
 
-class RLHF:
+class RLHF(LoraMethod):
     name = "rlhf"
     Config = RLHFConfig
 
-    def __init__(self, config: RLHFConfig | None = None):
-        self.config = config or RLHFConfig()
-        self.config.validate()
-
-    def fit(self, ctx: FitContext) -> Intervention:
+    def buy(self, ctx: FitContext, units: int) -> tuple[Any, dict[str, Any]]:
         from datasets import Dataset
 
-
         cfg = self.config
-        quiet()
-        fit_units, _ = split_budget(ctx.labeler, ctx.budget, cfg.select_share, len(cfg.snapshots))
-        prefs = buy_comparisons(ctx, fit_units, temperature=cfg.temperature)
+        prefs = buy_comparisons(ctx, units, temperature=cfg.temperature)
         rm = train_reward_model(ctx, prefs, cfg.reward_config(), cfg.precision)
         chosen = {"comparisons": len(prefs), "ties": sum(p.tie for p in prefs), "learning_rate": cfg.learning_rate,
                   "kl_coef": cfg.kl_coef, "rl_trainer": cfg.trainer, "rank": cfg.rank}
         if rm is None:
-            out = Intervention()
-            out.chosen = {**chosen, "note": "no decisive comparison to fit a reward model on"}
-            return out
-        model, tok = ctx.model.model, ctx.model.tokenizer
+            return None, {**chosen, "note": "no decisive comparison to fit a reward model on"}
         raw = {rendered(ctx, r.prompt): r.prompt for r in ctx.pool}
         n_prompts = cfg.steps * cfg.batch_size // cfg.num_generations
         prompts = list(raw)
         data = Dataset.from_dict({"prompt": (prompts * (n_prompts // len(prompts) + 1))[:n_prompts]})
-        trace: list[dict] = []
-        marks = snapshot_steps(cfg.steps, cfg.snapshots)
+        return RLData(data, rm, raw, []), chosen
+
+    def train_steps(self, data: RLData) -> int:
+        return self.config.steps
+
+    def make_trainer(self, ctx: FitContext, data: RLData, steps: int, out_dir: Path, callbacks: list) -> Any:
+        cfg = self.config
         if cfg.trainer == "rloo":
             from trl import RLOOConfig as TrainerConfig, RLOOTrainer as Trainer
         else:
             from trl import GRPOConfig as TrainerConfig, GRPOTrainer as Trainer
-        with work_dir(ctx.work_dir, "rlhf") as out_dir, warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            args = trainer_args(TrainerConfig, out_dir, seed=ctx.seed, device=ctx.device, precision=cfg.precision,
-                                learning_rate=cfg.learning_rate, beta=cfg.kl_coef, max_steps=cfg.steps,
-                                per_device_train_batch_size=cfg.batch_size, num_generations=cfg.num_generations,
-                                max_completion_length=ctx.target.max_new_tokens, temperature=cfg.temperature,
-                                top_k=0, top_p=1.0, shuffle_dataset=True)
-            peft_cfg, snaps, trainer = train_adapter(
-                model, lambda cbs: Trainer(model=model, reward_funcs=[_learned_reward(rm, raw, trace)], args=args,
-                                           train_dataset=data, processing_class=tok, callbacks=cbs,
-                                           peft_config=lora_config(model, cfg.rank, cfg.alpha)), marks)
+        args = self.trainer_args(TrainerConfig, ctx, out_dir, steps, beta=cfg.kl_coef,
+                                 per_device_train_batch_size=cfg.batch_size, num_generations=cfg.num_generations,
+                                 max_completion_length=ctx.target.max_new_tokens, temperature=cfg.temperature,
+                                 top_k=0, top_p=1.0, shuffle_dataset=True)
+        trainer = Trainer(args=args, reward_funcs=[_learned_reward(data.reward_model, data.raw, data.trace)],
+                          **self.trainer_inputs(ctx, data.prompts, callbacks))
+        train = trainer.train
+
+        def guarded_train(*a: Any, **kw: Any) -> Any:
+            # TRL samples from the policy's own logits: in bf16/fp16 they are cast to float32 and checked, so a
+            # non-finite value fails the cell with a clear error instead of a CUDA device-side assert.
+            with finite_float32_logits(ctx.model.model):
+                return train(*a, **kw)
+
+        trainer.train = guarded_train
+        return trainer
+
+    def summary(self, trainer: Any, data: RLData) -> dict[str, Any]:
         logs = [h for h in trainer.state.log_history if "reward" in h]
-        candidates = []
-        for s in marks:
-            iv = RLHFIntervention(model, peft_cfg, snaps[s])
-            iv.reward_model, iv.trace = rm, trace
-            candidates.append((s, iv))
-        best, table = select_best(ctx, candidates)
-        step, intervention = candidates[best]
-        intervention.chosen = {
-            **chosen, "steps": step, "max_steps": cfg.steps, "selection": table, "reward_model": rm.info,
-            "learned_reward_first": logs[0]["reward"] if logs else None,
-            "learned_reward_last": logs[-1]["reward"] if logs else None,
-            "kl_last": logs[-1].get("kl") if logs else None, "trainer": trainer_name(trainer),
-            "config": asdict(cfg)}
-        return intervention
+        return {"reward_model": data.reward_model.info,
+                "learned_reward_first": logs[0]["reward"] if logs else None,
+                "learned_reward_last": logs[-1]["reward"] if logs else None,
+                "kl_last": logs[-1].get("kl") if logs else None}
+
+    def intervention(self, ctx: FitContext, data: RLData, peft_config: Any, state: dict) -> LoraIntervention:
+        out = RLHFIntervention(ctx.model.model, peft_config, state)
+        out.reward_model, out.trace = data.reward_model, data.trace
+        return out

@@ -1,5 +1,6 @@
-"""Shared plumbing of the trained methods (lora_sft, dpo, rlhf, bon): buying feedback, the LoRA intervention, fair
-selection of the training length on the select split, and keeping the shared base model untouched by TRL.
+"""Shared plumbing of the trained methods (lora_sft, dpo, rlhf, bon): their config bases, buying feedback, the LoRA
+intervention, fair selection of the training length on the select split, and keeping the shared base model untouched
+by TRL. The template that the LoRA methods fill in is `methods.lora_template.LoraMethod`.
 
 The budget rule, the same for every trained method and every budget (see `split_budget`): a share `select_share` of the
 cell's budget is kept for selection when it buys at least `MIN_JUDGMENTS` judgments per candidate; the rest buys the
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,8 +26,39 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from methods.base import FitContext, Intervention
-from study.lm.generation import generate, render
 from methods.trl_presets import silence_trainer
+from study.core.config import check
+from study.lm.generation import generate, render
+
+
+# ---- the configs' shared fields: each method's Config subclasses the bases whose fields it has -------------------
+@dataclass(frozen=True)
+class TrainedConfig:
+    """Every trained method (lora_sft, dpo, rlhf, bon). A subclass redeclares a field to give it its own default."""
+
+    precision: str = "auto"  # auto (bf16 on a GPU that has it, fp32 elsewhere), fp32, bf16
+
+    def validate(self) -> None:
+        check(self.precision in ("auto", "fp32", "bf16"), "precision", self.precision, "auto, fp32 or bf16")
+
+
+@dataclass(frozen=True)
+class ComparisonsConfig(TrainedConfig):
+    """The methods that buy comparisons of base-model samples (dpo, rlhf, bon)."""
+
+    temperature: float = 1.0  # of the base-model samples shown to the labeler
+    train_on_ties: bool = False  # a tie carries no preference; it is paid for either way
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.temperature > 0, "temperature", self.temperature,
+              "must be positive (at 0 both samples are the same greedy completion: nothing to compare)")
+
+
+def steps_for(n_examples: int, epochs: float, batch_size: int, min_steps: int, max_steps: int) -> int:
+    """The training-length rule of lora_sft, dpo and the reward model: `epochs` passes, clamped."""
+    return max(min_steps, min(max_steps, math.ceil(epochs * n_examples / batch_size)))
+
 
 # ---- buying feedback -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -159,35 +192,41 @@ def snapshot_steps(max_steps: int, fractions: tuple[float, ...]) -> list[int]:
     return sorted({max(1, min(max_steps, round(f * max_steps))) for f in fractions} | {max_steps})
 
 
-def train_adapter(model: Any, make_trainer: Any, snapshots: list[int]) -> tuple[Any, dict[int, dict], Any]:
+@dataclass(frozen=True)
+class TrainedAdapter:
+    peft_config: Any  # the adapter's PEFT config
+    snapshots: dict[int, dict]  # step -> adapter weights
+    trainer: Any  # the TRL trainer, for its log history
+    modules: list[str]  # sorted names (in the base model) of the modules that got a LoRA layer
+
+
+def train_adapter(model: Any, make_trainer: Any, snapshots: list[int]) -> TrainedAdapter:
     """Run the TRL trainer that `make_trainer(callbacks)` builds around `model` (it wraps the model with its
     `peft_config`), copying the adapter at each step of `snapshots`; then unload the adapter, so the shared model is
-    the base model again. Returns (the adapter's PEFT config, {step: adapter weights}, the trainer)."""
+    the base model again."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     store: dict[int, dict] = {}
     with isolated_training(model):
         trainer = silence_trainer(make_trainer([snapshot_callback(snapshots, store)]))
         peft_model = trainer.accelerator.unwrap_model(trainer.model)
+        modules = sorted(n for n, m in peft_model.get_base_model().named_modules() if isinstance(m, BaseTunerLayer))
         try:
             trainer.train()
         finally:
             peft_config = peft_model.peft_config["default"]
             peft_model.unload()
-    return peft_config, store, trainer
+    return TrainedAdapter(peft_config, store, trainer, modules)
 
 
-# ---- the intervention ----------------------------------------------------------------------------------------------
-class LoraIntervention(Intervention):
-    """A trained LoRA adapter. Inside `with`, it is injected into the shared model (PEFT); on exit the original
-    modules are put back, so outside the block the model is the base model, bit for bit."""
+# ---- the interventions ---------------------------------------------------------------------------------------------
+class AttachedOnce(Intervention):
+    """An intervention that changes the shared model itself: `_attach` on the outermost `with`, `_detach` when it
+    exits, so nested activations (a stack, the evaluator inside a selection) change the model once."""
 
-    def __init__(self, model: Any = None, peft_config: Any = None, state: dict | None = None,
-                 chosen: dict | None = None):
+    def __init__(self) -> None:
         super().__init__()
-        self.model, self.peft_config, self.state = model, peft_config, state or {}
-        self.chosen = dict(chosen or {})
         self._depth = 0
-        self._name = f"rvs_{id(self):x}"
 
     @contextmanager
     def _activate(self, prompt_width: int | None) -> Iterator[None]:
@@ -200,6 +239,24 @@ class LoraIntervention(Intervention):
             self._depth -= 1
             if self._depth == 0:
                 self._detach()
+
+    def _attach(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must define _attach and _detach")
+
+    def _detach(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must define _attach and _detach")
+
+
+class LoraIntervention(AttachedOnce):
+    """A trained LoRA adapter. Inside `with`, it is injected into the shared model (PEFT); on exit the original
+    modules are put back, so outside the block the model is the base model, bit for bit."""
+
+    def __init__(self, model: Any = None, peft_config: Any = None, state: dict | None = None,
+                 chosen: dict | None = None):
+        super().__init__()
+        self.model, self.peft_config, self.state = model, peft_config, state or {}
+        self.chosen = dict(chosen or {})
+        self._name = f"rvs_{id(self):x}"
 
     def _attach(self) -> None:
         from peft import inject_adapter_in_model, set_peft_model_state_dict
@@ -230,6 +287,7 @@ class LoraIntervention(Intervention):
             p.requires_grad_(self._flags.get(n, p.requires_grad))
 
     def num_parameters(self) -> int:
+        """How many numbers the adapter trained (its LoRA matrices)."""
         return sum(v.numel() for v in self.state.values())
 
     # ---- save/load: PEFT's own format (adapter_config.json + adapter_model.safetensors) -------------------------

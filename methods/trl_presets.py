@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from study.lm.architectures import lora_target_modules, modules_outside_blocks
+
 # Projections of the attention and MLP blocks in Llama/Qwen2/Mistral/Gemma (q..down), GPT-2 (c_attn, c_proj, c_fc)
 # and GPT-NeoX (query_key_value, dense, dense_h_to_4h, dense_4h_to_h). PEFT keeps only the names a model has.
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
@@ -65,14 +67,18 @@ def trainer_args(config_cls: type, work_dir: str | Path, *, seed: int, device: s
 
 def lora_config(model: Any, rank: int, alpha: float, task_type: str = "CAUSAL_LM", dropout: float = 0.0,
                 targets: tuple[str, ...] = LORA_TARGETS) -> Any:
-    """A LoraConfig on every attention/MLP projection `model` has (never the LM head: TRL computes
-    log-probabilities from its weight directly, so an adapter there would not train). GPT-2's projections are
-    transposed (`Conv1D`), which LoRA must know."""
+    """A LoraConfig on the attention and MLP projections of `model`'s decoder blocks, as found by
+    `lora_target_modules` (fused ones such as Phi-3's qkv_proj too; never the LM head: TRL computes log-probabilities
+    from its weight directly, so an adapter there would not train, nor a vision tower's namesakes). Passing
+    `targets` names the modules instead. GPT-2's projections are transposed (`Conv1D`), which LoRA must know."""
     from peft import LoraConfig
 
+    # The default means "what the model has"; on Llama-style models that is q..down_proj, as with the old list.
+    names = lora_target_modules(model) if targets is LORA_TARGETS else list(targets)
+    exclude = modules_outside_blocks(model, names)
     conv1d = any(type(m).__name__ == "Conv1D" for m in model.modules())
-    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
-                      task_type=task_type, bias="none", fan_in_fan_out=conv1d)
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names,
+                      exclude_modules=exclude or None, task_type=task_type, bias="none", fan_in_fan_out=conv1d)
 
 
 @contextmanager

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -115,8 +116,10 @@ def _print_organism(out: dict) -> None:
 def evaluate_cmd(model: Annotated[str, typer.Option(help="'organism' (from --config), a Hugging Face name or a "
                                                          "local folder.")] = "organism",
                  target: Annotated[Optional[list[str]], typer.Option(
-                     "--target", "-t", help="sentiment, sycophancy, refusal, or an A/B JSON(L) / preference JSONL "
-                                            "file / datasets folder (repeatable; default: the organism's three).")
+                     "--target", "-t", help="sentiment, sycophancy, refusal, or an A/B / preference / open-ended "
+                                            "(question only, with --scorer) JSON(L) file or datasets folder, or "
+                                            "'name=N;train=A.json;test=B.json' (repeatable; default: the organism's "
+                                            "three). Files with the same name are told apart as folder/name.")
                  ] = None,
                  config: ConfigOpt = None, set_: SetOpt = None,
                  as_json: Annotated[bool, typer.Option("--json", help="Print {target: {split: {metric: value}}}.")]
@@ -157,7 +160,7 @@ def _print_evaluation(out: dict) -> None:
             cells = []
             for values in splits.values():
                 v = values.get(m, "")
-                cells.append("-" if v is None else v if v == "" else f"{v:.3f}")
+                cells.append("-" if v is None else v if v == "" else str(v) if m == "records" else f"{v:.3f}")
             table.add_row(m, *cells)
         con.print(table)
 
@@ -203,12 +206,38 @@ def report(results: Annotated[str, typer.Option(help="Results directory of a stu
            out: Annotated[str, typer.Option(help="Where REPORT.md and the figures go.")] = "reports"):
     """Write REPORT.md and the figures from a results directory (analysis.report.write_report)."""
     with user_errors():
-        if not Path(results).is_dir():
-            raise UserError(f"--results {results}: no such results directory (run `study run` first)")
+        root = Path(results)
+        if not root.is_dir():
+            what = "a file, not a results directory" if root.exists() else "no such results directory"
+            raise UserError(f"--results {results}: {what} (run `study run` first)")
+        cells = root / "cells" if (root / "cells").is_dir() else root
+        if not any(not p.name.startswith(".") for p in cells.glob("*.json")):
+            raise UserError(f"--results {results}: no cells in {cells} (expected <results>/cells/<run_id>.json; "
+                            f"run `study run` first)")
+        _check_out(Path(out))
         from analysis.report import write_report  # lazy: seaborn and matplotlib take a second to import
 
-        write_report(results, out)
+        try:
+            write_report(results, out)
+        except OSError as exc:
+            raise UserError(f"--out {out}: cannot write the report ({exc.strerror or exc}: "
+                            f"{exc.filename or out})") from None
         typer.echo(f"wrote {Path(out) / 'REPORT.md'}")
+
+
+def _check_out(out: Path) -> None:
+    """--out must be a folder we can write, or one we can create; checked before anything is written."""
+    existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if existing == out and not out.is_dir():
+        raise UserError(f"--out {out}: a file, not a folder")
+    if existing != out and not existing.is_dir():
+        raise UserError(f"--out {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {existing} is not writable (read-only file system or no permission)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
 
 
 def main() -> None:

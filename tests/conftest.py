@@ -15,7 +15,7 @@ TEST_CACHE = Path(__file__).resolve().parent.parent / ".cache" / "test-organism"
 
 @pytest.fixture(scope="session")
 def micro_organism():
-    """(model, tokenizer, world) of the MICRO organism: ~20 s to pretrain the first time, ~1 s afterwards."""
+    """(model, tokenizer, world) of the MICRO organism: ~30 s to pretrain the first time, ~1 s afterwards."""
     from study.organism.pretrain import MICRO, load_organism
     from study.organism.world import World
 

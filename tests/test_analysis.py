@@ -13,7 +13,8 @@ import pytest
 
 from analysis import metrics as M
 from analysis.synthetic import MethodTruth, SyntheticSpec, expected, write_results
-from analysis.table import CellFileWarning, ROW_FIELDS, export_parquet, failed_cells, load_table, read_results
+from analysis.table import (CellFileWarning, ROW_FIELDS, TABLE_COLUMNS, export_parquet, failed_cells, load_table,
+                            read_results)
 
 BASE = 0.3
 METHODS = {
@@ -54,7 +55,8 @@ def _one(frame: pd.DataFrame, **eq: object) -> pd.Series:
 def test_load_table_reads_every_ok_cell(store: Path, table: pd.DataFrame) -> None:
     n_cells = len(list((store / "cells").glob("*.json")))
     assert table["run_id"].nunique() == n_cells
-    assert list(table.columns) == list(ROW_FIELDS)
+    assert list(table.columns) == TABLE_COLUMNS and set(ROW_FIELDS) < set(TABLE_COLUMNS)
+    assert (table["model_id"] == "organism").all()  # a bare-string model config is its own identity
     assert table["budget"].dtype == np.int64 and table["seed"].dtype == np.int64
     assert set(table["split"]) == {"covered", "uncovered", "all", "neutral"}
     assert not table.duplicated(["run_id", "split", "metric"]).any()

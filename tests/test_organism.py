@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from study.core.errors import UserError
-from study.organism.pretrain import MICRO, OrganismConfig, PretrainConfig, build_tokenizer, load_organism, \
-    organism_dir
+from study.organism.pretrain import MICRO, OrganismConfig, PretrainConfig, build_tokenizer, ensure_organism, \
+    load_organism, organism_dir
 from study.organism.world import World
 
 TINY = dataclasses.replace(MICRO, train=dataclasses.replace(MICRO.train, steps=12, eval_docs=50, max_gap=10.0))
@@ -69,3 +69,28 @@ def test_cli_organism_json(tmp_path, monkeypatch):
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert json.loads(again.stdout)["pretrain_seconds"] == out["pretrain_seconds"]  # loaded, not retrained
     assert sorted(os.listdir(tmp_path)) == ["cache"]  # nothing written outside the named cache
+
+
+def test_ensuring_an_organism_removes_folders_abandoned_by_killed_runs(tmp_path):
+    """A run killed while pretraining leaves `organism-<key>.tmp<pid>/`; the next ensure removes it if that process
+    is dead, and leaves the folders of live processes (a pretraining still under way) alone."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        out = organism_dir(TINY, tmp_path)
+        out.mkdir(parents=True)  # a cached organism: ensuring it must not pretrain
+        (out / "organism.json").write_text(json.dumps({"converged": True}))
+        other = organism_dir(dataclasses.replace(TINY, world=dataclasses.replace(TINY.world, sharing=0.9)), tmp_path)
+        abandoned = [out.with_name(out.name + f".tmp{dead.pid}"), other.with_name(other.name + f".tmp{dead.pid}")]
+        running = other.with_name(other.name + f".tmp{live.pid}")
+        for d in abandoned + [running]:
+            (d / "trainer").mkdir(parents=True)
+            (d / "trainer" / "partial.bin").write_bytes(b"half")
+        assert ensure_organism(TINY, tmp_path) == out
+        assert not any(d.exists() for d in abandoned)
+        assert (running / "trainer" / "partial.bin").is_file()
+        assert (out / "organism.json").is_file()
+    finally:
+        live.kill()
+        live.wait()

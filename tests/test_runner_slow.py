@@ -132,3 +132,14 @@ def test_ray_executor_produces_the_same_table_as_the_local_one(tmp_path, micro_o
     for p in sorted((tmp_path / "local" / "cells").glob("*.samples.jsonl")):
         assert (tmp_path / "ray" / "cells" / p.name).read_text() == p.read_text()
     print(f"\nRay vs local: 12 cells, local {t_local:.1f} s, ray {t_ray:.1f} s (incl. starting Ray); tables equal")
+
+
+@pytest.mark.slow
+def test_ray_cancels_a_cell_past_cell_timeout_and_goes_on(tmp_path, micro_organism, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent))  # runner_helpers, for the Ray workers too
+    over = [f"cache_dir={CACHE}", "methods=[none, 'runner_helpers:Hang']", "cell_timeout=20"]
+    t0 = time.perf_counter()
+    summary = run_study("micro", over, executor="ray", workers=2, results=tmp_path / "ray")
+    assert summary.exit_code == 1 and summary.ok == 1 and len(summary.failed) == 1
+    assert summary.failed[0][2].startswith("CellTimeout: timed out after 20 s (cell_timeout)")
+    assert time.perf_counter() - t0 < 300

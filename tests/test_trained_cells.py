@@ -1,5 +1,6 @@
 """Trained methods through the runner's cell pipeline (study.run.cell.run_cell) on the micro organism: the cell record
-carries the trainer, the labels and, for rlhf, the learned reward beside the true reward on the same samples."""
+carries the trainer, the labels, the adapted modules and, for rlhf, the learned reward beside the true reward on the
+same samples."""
 
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ def test_rlhf_cell_records_learned_beside_true_reward(micro_organism):
     assert res.status == "ok", res.error
     chosen = res.provenance["chosen"]
     assert chosen["trainer"] == "trl.RLOOTrainer" and chosen["reward_model"]["trainer"] == "trl.RewardTrainer"
+    # the adapter's shape goes with the cell: which modules got a LoRA layer, and how many numbers it trained
+    assert chosen["lora_modules"] and all(n.startswith("model.layers.") for n in chosen["lora_modules"])
+    assert chosen["trainable_parameters"] > 0
     assert res.provenance["labels"]["counts"] == {"compare": 32}
     assert {r["feedback_cost"] for r in res.rows} == {32.0}
     metrics = {(r["split"], r["metric"]) for r in res.rows}

@@ -1,9 +1,9 @@
 """The trained methods (lora_sft, dpo, rlhf, bon) at tiny budgets on the micro organism: TRL trainers run, the adapter
 trains, every label is bought and counted, and outside `with` the shared model is exactly the base model.
 
-The micro organism is barely fluent, so most pairs of its samples are ties (both unreadable); these tests train on
-ties (`train_on_ties`) so that the trainers have data. Behavior is checked on the default organism by
-benchmarks/bench_trained.py, not here.
+These tests train on ties too (`train_on_ties`), so that the trainers have data at the smallest budgets. Behavior
+moving in the right direction is checked on the micro organism by tests/test_micro_behavior.py, and on the default
+organism by benchmarks/bench_trained.py.
 """
 
 from __future__ import annotations
@@ -75,6 +75,17 @@ def assert_base_exactly(lm, before) -> None:
     assert all(p.requires_grad for p in model.parameters())  # TRL freezes the base; we give it back as it was
 
 
+def assert_records_adapter(iv, model, rank: int = 8) -> None:
+    """`chosen` names the modules that got a LoRA layer and counts the adapter's parameters (r x (in + out) each)."""
+    names = iv.chosen["lora_modules"]
+    assert names and names == sorted(set(names))
+    modules = dict(model.named_modules())
+    assert all(type(modules[n]).__name__ == "Linear" for n in names)  # base-model names, adapter layers gone
+    assert {n.rsplit(".", 1)[1] for n in names} >= {"q_proj", "v_proj", "down_proj"}
+    expected = sum(rank * (modules[n].in_features + modules[n].out_features) for n in names)
+    assert iv.chosen["trainable_parameters"] == iv.num_parameters() == expected > 0
+
+
 FAST = dict(min_steps=4, max_steps=6, batch_size=8, train_on_ties=True)
 
 
@@ -98,6 +109,7 @@ def test_trained_method_adapter(lm, tmp_path, name, budget, config, trainer):
     # the adapter trained: LoRA's B matrices start at zero
     lora_b = [v for k, v in iv.state.items() if "lora_B" in k]
     assert lora_b and all(v.abs().sum() > 0 for v in lora_b)
+    assert_records_adapter(iv, lm[0].model)
     # outside `with` the model is the base model, bit for bit; inside, it is not
     assert_base_exactly(lm, before)
     ids = lm[0].tokenizer(PROMPTS[0], return_tensors="pt")["input_ids"]
@@ -144,8 +156,9 @@ def test_best_of_n_keeps_the_reward_models_favourite(lm, tmp_path):
     iv, ctx = fit("bon", lm, 32, n=4, rm_epochs=1.0, train_on_ties=True)
     assert ctx.labeler.budget.spent == 32 and ctx.labeler.budget.counts == {"compare": 32}
     tok, model = lm[0].tokenizer, lm[0].model
-    with iv:
+    with iv, iv.active():  # nested: generate is wrapped once, and unwrapped when the outer block exits
         picked = sample(model, tok, PROMPTS, n=2, max_new_tokens=10, seed=3)
+    assert "generate" not in model.__dict__
     # the same seed without the intervention draws the n candidates of each row in one batch
     candidates = sample(model, tok, [p for p in PROMPTS for _ in range(2) for _ in range(4)], n=1,
                         max_new_tokens=10, seed=3)
@@ -161,8 +174,11 @@ def test_best_of_n_keeps_the_reward_models_favourite(lm, tmp_path):
         iv.reward_model.score([PROMPTS[0]], ["cozy ."]), abs=1e-5)
 
 
-def test_no_decisive_comparison_returns_the_base_model(lm):
-    iv, ctx = fit("dpo", lm, 8, min_steps=2, max_steps=2)  # the micro organism's pairs are all ties
+def test_no_decisive_comparison_returns_the_base_model(lm, monkeypatch):
+    from study.feedback.labeler import Labeler
+
+    monkeypatch.setattr(Labeler, "_compare", lambda self, rng, prompt, a, b: (rng.random() < 0.5, True))  # all ties
+    iv, ctx = fit("dpo", lm, 8, min_steps=2, max_steps=2)
     assert type(iv) is Intervention and iv.chosen["pairs_trained"] == 0
     assert ctx.labeler.budget.spent == 8
 
@@ -234,3 +250,78 @@ def test_dpo_and_reward_model_on_a_preference_data_set(family, tmp_path):
                 assert torch.equal(model(input_ids=ids).logits, before)
         else:
             assert iv.chosen["reward_model"]["trainer"] == "trl.RewardTrainer"
+
+
+TRAINED = ("lora_sft", "dpo", "rlhf", "bon")
+# The defaults as the study's stored cells were computed with (their ids hash every field): a refactoring of the
+# configs must leave them exactly so.
+DEFAULTS = {
+    "lora_sft": dict(alpha=16.0, batch_size=16, epochs=6.0, learning_rate=3e-3, max_steps=160, min_steps=12,
+                     precision="auto", rank=8, select_share=0.25, snapshots=[0.25, 0.5, 0.75, 1.0]),
+    "dpo": dict(alpha=16.0, batch_size=16, beta=0.1, epochs=4.0, learning_rate=1e-3, max_steps=160, min_steps=12,
+                precision="auto", rank=8, select_share=0.25, snapshots=[0.25, 0.5, 0.75, 1.0], temperature=1.0,
+                train_on_ties=False),
+    "rlhf": dict(alpha=16.0, batch_size=32, kl_coef=0.5, learning_rate=3e-3, num_generations=4, precision="auto",
+                 rank=8, rm_epochs=16.0, rm_learning_rate=3e-3, rm_rank=8, select_share=0.25,
+                 snapshots=[0.25, 0.5, 0.75, 1.0], steps=40, temperature=1.0, train_on_ties=False, trainer="rloo"),
+    "bon": dict(n=8, precision="auto", rm_epochs=16.0, rm_learning_rate=3e-3, rm_rank=8, temperature=1.0,
+                train_on_ties=False),
+}
+
+
+def test_trained_config_defaults_stay_as_the_cells_were_computed():
+    from methods.registry import resolve
+    from methods.trained import TrainedConfig
+    from study.core.config import to_dict
+
+    for name in TRAINED:
+        config = resolve(name).Config
+        assert issubclass(config, TrainedConfig)
+        assert to_dict(config()) == DEFAULTS[name], name
+
+
+BAD_SHARED = [
+    {"batch_size": 0}, {"min_steps": 10, "max_steps": 5}, {"min_steps": 0}, {"select_share": 1.0},
+    {"select_share": -0.1}, {"learning_rate": 0.0}, {"epochs": 0.0}, {"rank": 0}, {"alpha": 0.0},
+    {"snapshots": (0.5, 1.5)}, {"precision": "fp16"}, {"temperature": 0.0}, {"rm_learning_rate": -1e-3},
+    {"rm_epochs": 0.0}, {"rm_rank": 0},
+]
+
+
+@pytest.mark.parametrize("bad", BAD_SHARED, ids=lambda bad: ",".join(f"{k}={v}" for k, v in bad.items()))
+def test_trained_configs_reject_the_same_bad_shared_values(bad):
+    """A shared field is checked by the shared validate: every trained method that has it rejects the same value."""
+    import dataclasses
+
+    from methods.registry import resolve
+    from study.core.config import from_dict
+    from study.core.errors import ConfigError
+
+    having = [n for n in TRAINED if set(bad) <= {f.name for f in dataclasses.fields(resolve(n).Config)}]
+    assert len(having) >= 2, f"{bad} is not a shared field"
+    for name in having:
+        config = resolve(name).Config
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            from_dict(config, bad)
+        with pytest.raises(ConfigError):
+            resolve(name)(config(**bad))  # the method checks a config built in code too
+
+
+def test_every_shared_field_has_a_bad_value_above():
+    """Each field that two or more trained methods share (bon's included) is tried with a bad value above."""
+    import collections
+    import dataclasses
+
+    from methods.registry import resolve
+
+    count = collections.Counter(f.name for n in TRAINED for f in dataclasses.fields(resolve(n).Config))
+    shared = {name for name, k in count.items() if k >= 2} - {"train_on_ties"}  # a bool: no bad value
+    assert shared == {k for bad in BAD_SHARED for k in bad}
+    bon = {f.name for f in dataclasses.fields(resolve("bon").Config)}
+    assert bon - {"n", "train_on_ties"} <= shared
+
+
+def test_chosen_names_the_adapted_modules(lm):
+    iv, _ = fit("lora_sft", lm, 8, min_steps=2, max_steps=2, batch_size=2, rank=4, snapshots=(1.0,))
+    assert_records_adapter(iv, lm[0].model, rank=4)
+    assert iv.chosen["trainable_parameters"] == sum(v.numel() for v in iv.state.values())

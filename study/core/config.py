@@ -142,28 +142,63 @@ def check(condition: bool, field: str, value: object, expected: str) -> None:
         raise ConfigError("", field, value, expected)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a mapping key given twice (plain YAML keeps the last one, silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            seen[key] = line
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first}, again at line {line})",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def strict_load(text: str) -> Any:
+    """yaml.safe_load, refusing duplicate mapping keys."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def config_file(path: str | Path) -> Path:
+    """The YAML file a config argument names: a path, or a name under study/configs/ (UserError otherwise)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    named = CONFIG_DIR / f"{path}.yaml"
+    if named.is_file() and "/" not in str(path):
+        return named
+    if p.is_dir():
+        raise UserError(f"{path}: is a directory, not a config file (give a YAML file or a name: "
+                        f"{', '.join(list_configs())})")
+    raise UserError(f"{path}: no such config file (named configs: {', '.join(list_configs())})")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with safe_load, turning every failure into a one-line UserError."""
-    p = Path(path)
-    if not p.is_file():
-        named = CONFIG_DIR / f"{path}.yaml"
-        if named.is_file() and "/" not in str(path):
-            p = named
-        else:
-            raise UserError(f"{path}: no such config file (named configs: {', '.join(list_configs())})")
+    """Read a YAML mapping (safe loading, no duplicate keys), turning every failure into a one-line UserError."""
+    p = config_file(path)
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(f"{p}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"{p}: cannot read it ({exc.strerror or exc})") from None
     try:
-        data = yaml.safe_load(text)
+        data = strict_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"{p}: malformed YAML{where}: {problem}") from None
     if data is None:
-        return {}
+        raise UserError(f"{p}: empty config (it holds no fields; copy study/configs/micro.yaml to start from)")
     if not isinstance(data, dict):
         raise UserError(f"{p}: expected a mapping of config fields at the top level, got {type(data).__name__}")
     return data
@@ -183,10 +218,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         key = key.strip()
         if not key or any(not part for part in key.split(".")):
             raise UserError(f"--set {item!r}: empty key")
+        if not raw.strip():
+            raise UserError(f"--set {item!r}: empty value; give one (or null for none, '' for an empty string)")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+            value = strict_load(raw)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise UserError(f"--set {item}: not valid YAML ({problem}); quote it to pass a string, e.g. "
+                            f"--set \"{key}='{raw}'\"") from None
         node = out
         parts = key.split(".")
         for part in parts[:-1]:

@@ -2,13 +2,18 @@
 
     git_sha()              # '3f0c…' or None outside a checkout
     package_versions()     # {'python': '3.11.7', 'torch': '2.13.0', ...}
+    code_fingerprint(Steering, packages=("methods",))   # '9a1e…': changes when steering's source (or its helpers) do
 """
 
 from __future__ import annotations
 
+import hashlib
 import platform
+import sys
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
+from types import ModuleType
 
 VERSIONED = ("torch", "transformers", "trl", "peft", "tokenizers", "numpy", "rlhf-vs-steering")
 
@@ -46,3 +51,46 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
+
+
+def _drawn_on(module: ModuleType, roots: set[str]) -> set[str]:
+    """Names of the modules under `roots` (top-level package names) that `module` imports or takes names from."""
+    out = set()
+    for value in list(vars(module).values()):
+        try:
+            name = value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)
+        except Exception:  # an object whose attribute access fails is no module reference
+            continue
+        if isinstance(name, str) and name.split(".")[0] in roots and name in sys.modules:
+            out.add(name)
+    return out
+
+
+def code_modules(cls: type, packages: Iterable[str] = (), also: Iterable[ModuleType] = ()) -> list[str]:
+    """The modules whose source computes with `cls`: the module defining it, `also`, and every module they draw on
+    (transitively, through imported modules, functions and classes) from the defining module's own top-level package
+    or from `packages`. Third-party and lower-layer modules are left out."""
+    roots = {cls.__module__.split(".")[0], *packages}
+    todo = [cls.__module__, *(m.__name__ for m in also)]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in sys.modules:
+            continue
+        seen.add(name)
+        todo.extend(_drawn_on(sys.modules[name], roots) - seen)
+    return sorted(seen)
+
+
+def code_fingerprint(cls: type, packages: Iterable[str] = (), also: Iterable[ModuleType] = ()) -> str:
+    """sha256 (16 hex digits) of the source files of `code_modules(cls, packages, also)`, read from disk, so an edit
+    to any of them changes it (and a spawned worker that imports the file sees the same version)."""
+    h = hashlib.sha256()
+    for name in code_modules(cls, packages, also):
+        file = getattr(sys.modules[name], "__file__", None)
+        try:
+            data = Path(file).read_bytes() if file else b"<no source file>"
+        except OSError:
+            data = b"<unreadable>"
+        h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return h.hexdigest()[:16]

@@ -7,12 +7,15 @@ field):
   `answer_not_matching_behavior` (a string such as " (A)", or a non-empty list of them; letters must be choices that
   the question offers). Free-text answers (" Yes" / " No") work too.
 - Preference JSONL: `prompt`, `chosen`, `rejected`.
+- Open-ended JSON(L): `question` (or `prompt`) only, scored by a scorer (below).
 - A folder written by `datasets.Dataset.save_to_disk` with either set of columns.
 
 An optional `context` (or `category`) field names the record's context; the anticipation dial then covers contexts in
 order of first appearance. Completions are scored by the answer they give (A/B), or by a pluggable scorer for
 open-ended text (`--scorer module:function` taking (prompt, completion) -> float | None, or a reward-model folder whose
 sigmoid(reward) is the score). Without a scorer, a preference target reports only `ab_propensity`.
+
+A target can be fitted on one file and tested on another (CAA's protocol): `train_test(name, train, test)`.
 
     target = load_external("tests/data/sample_ab.json")
     target.score(target.splits(1.0).pool[0].prompt, "(A)")     # 1.0 if (A) matches the behavior
@@ -38,6 +41,7 @@ AB_FIELDS = ("question", "answer_matching_behavior", "answer_not_matching_behavi
 PREF_FIELDS = ("prompt", "chosen", "rejected")
 _LETTER = re.compile(r"^\s*\(?([A-Z])\)?\s*$")
 _CHOICE = re.compile(r"\(([A-Z])\)")
+_KINDS = {"ab": "A/B", "preference": "preference", "open": "open-ended"}
 
 # Held-out neutral text for KL and perplexity on models that are not the organism (prompt | continuation).
 NEUTRAL_TEXT = (
@@ -81,8 +85,9 @@ class _Item:
     index: int
     context: str
     prompt: str
-    matching: tuple[str, ...]  # A/B: answers that show the behavior; preference: (chosen,)
+    matching: tuple[str, ...]  # A/B: answers that show the behavior; preference: (chosen,); open-ended: ()
     not_matching: tuple[str, ...]
+    role: str = "any"  # "train": feedback splits only, "test": test splits only (train_test), "any": dealt
 
 
 # ---- reading and validating ----------------------------------------------------------------------------------------
@@ -184,19 +189,28 @@ def _pref_item(src: str, where: str, index: int, row: Any, default_context: str)
     return _Item(index, _context(src, where, row, default_context), prompt, (chosen,), (rejected,))
 
 
+def _open_item(src: str, where: str, index: int, row: Any, default_context: str) -> _Item:
+    if not isinstance(row, dict):
+        raise UserError(f"{src}: {where}: expected an object with a field 'question'")
+    prompt = _string(src, where, row, "question" if "question" in row else "prompt")
+    return _Item(index, _context(src, where, row, default_context), prompt, (), ())
+
+
 def _kind(src: str, where: str, row: Any) -> str:
     keys = set(row) if isinstance(row, dict) else set()
-    if "question" in keys or any(k.startswith("answer_") for k in keys):
+    if any(k.startswith("answer_") for k in keys):
         return "ab"
-    if keys & set(PREF_FIELDS):
+    if keys & {"chosen", "rejected"}:
         return "preference"
-    raise UserError(f"{src}: {where}: cannot tell the format: expected A/B fields ({', '.join(AB_FIELDS)}) or "
-                    f"preference fields ({', '.join(PREF_FIELDS)})")
+    if keys & {"question", "prompt"}:
+        return "open"
+    raise UserError(f"{src}: {where}: cannot tell the format: expected A/B fields ({', '.join(AB_FIELDS)}), "
+                    f"preference fields ({', '.join(PREF_FIELDS)}) or an open-ended 'question'")
 
 
 def _items(src: str, rows: list[tuple[str, Any]], default_context: str) -> tuple[str, list[_Item]]:
     kind = _kind(src, rows[0][0], rows[0][1])
-    make = _ab_item if kind == "ab" else _pref_item
+    make = {"ab": _ab_item, "preference": _pref_item, "open": _open_item}[kind]
     return kind, [make(src, where, i, row, default_context) for i, (where, row) in enumerate(rows)]
 
 
@@ -284,10 +298,13 @@ class ExternalTarget:
                  scorer: Callable[[str, str], float | None] | None = None):
         self.name, self.kind, self.items, self.version, self.source = name, kind, items, version, source
         self.scorer = scorer
-        self.propensity = True
+        self.propensity = self.dataset_labels = kind != "open"  # open-ended records have no answers to compare
         self.scorable = kind == "ab" or scorer is not None
-        self.description = f"{'A/B' if kind == 'ab' else 'preference'} data set {source} ({len(items)} records)"
-        longest = max(len(a) for it in items for a in it.matching + it.not_matching)
+        if kind == "open" and scorer is None:
+            raise UserError(f"{source}: open-ended records (a question, no answers) need a scorer: --scorer "
+                            f"module:function or a reward-model folder (`scorer:` in a study config)")
+        self.description = f"{_KINDS[kind]} data set {source} ({len(items)} records)"
+        longest = max([len(a) for it in items for a in it.matching + it.not_matching] or [192])
         self.max_new_tokens = 8 if kind == "ab" else min(128, max(16, longest // 3))
         self._by_prompt: dict[str, list[_Item]] = {}
         for it in items:
@@ -298,7 +315,7 @@ class ExternalTarget:
         return f"ExternalTarget({self.source!r})"
 
     def score(self, prompt: str, completion: str) -> float | None:
-        items = self._by_prompt.get(prompt, [])
+        items = [it for it in self._by_prompt.get(prompt, []) if it.matching]
         if self.kind == "ab":
             letter, text = _given(completion), completion.strip().lower()
             for it in items:
@@ -339,27 +356,35 @@ class ExternalTarget:
 
 @lru_cache(maxsize=64)
 def _external_splits(target: ExternalTarget, anticipation: float, seed: int, sizes: SplitSizes) -> Splits:
-    """Covered contexts' prompts are dealt to test, pool, select, pool, ...; uncovered contexts are all test."""
+    """Covered contexts' prompts are dealt to test, pool, select, pool, ...; uncovered contexts are all test. A
+    train/test target deals its train records to pool, select, pool and its test records to the test splits."""
     sizes.validate()
     covered = covered_contexts(target.contexts, anticipation)
     uncovered = tuple(c for c in target.contexts if c not in covered)
     splits = Splits(target.name, anticipation, seed, sizes, covered, uncovered)
-    prompts = list(dict.fromkeys(it.prompt for it in target.items if it.context in covered))
-    if len(prompts) < 2:
+    paired = any(it.role != "any" for it in target.items)
+    prompts = list(dict.fromkeys(it.prompt for it in target.items if it.context in covered and it.role != "test"))
+    if len(prompts) < (1 if paired else 2):
         raise UserError(f"target {target.name!r}: the covered contexts ({', '.join(covered)}) hold "
-                        f"{len(prompts)} distinct prompt(s); at least 2 are needed (one to test, one for feedback)")
+                        f"{len(prompts)} distinct {'train ' if paired else ''}prompt(s); at least "
+                        f"{'1 is' if paired else '2 are'} needed ({'' if paired else 'one to test, '}one for "
+                        f"feedback); anticipation {anticipation:g}, contexts {', '.join(target.contexts)}")
     seeded_rng("deal", target.name, seed).shuffle(prompts)
-    owner = {p: DEAL[i % len(DEAL)] for i, p in enumerate(prompts)}
+    deal = DEAL[1:] if paired else DEAL
+    owner = {p: deal[i % len(deal)] for i, p in enumerate(prompts)}
     share_select = "select" not in owner.values()
     caps = {"pool": sizes.pool, "select": sizes.select, "test_covered": sizes.test, "test_uncovered": sizes.test}
     for it in target.items:
-        split = owner.get(it.prompt, "test_uncovered")
+        if it.role == "train" and it.prompt not in owner:
+            continue  # train records of uncovered contexts: feedback never reaches them
+        test = "test_covered" if it.context in covered else "test_uncovered"
+        split = test if it.role == "test" else owner.get(it.prompt, "test_uncovered")
         if split == "pool" and share_select and len(splits.select) < len(splits.pool):
             split = "select"
         recs = splits.get(split)
         if len(recs) < caps[split]:
-            recs.append(Record(f"{target.name}:{it.index}", it.context, it.prompt, it.matching[0],
-                               it.not_matching[0]))
+            recs.append(Record(f"{target.name}:{it.index}", it.context, it.prompt, it.matching[0] if it.matching
+                               else "", it.not_matching[0] if it.not_matching else ""))
     for i, sentence in enumerate(NEUTRAL_TEXT[: sizes.neutral]):
         words = sentence.split()
         cut = max(1, len(words) // 3)
@@ -369,8 +394,10 @@ def _external_splits(target: ExternalTarget, anticipation: float, seed: int, siz
     return splits
 
 
-def load_external(spec: str | Path, scorer: str | Callable | None = None) -> ExternalTarget:
-    """An external target from an A/B JSON(L) file, a preference JSONL file or a saved `datasets` folder."""
+def load_external(spec: str | Path, scorer: str | Callable | None = None, name: str | None = None,
+                  context: str | None = None) -> ExternalTarget:
+    """An external target from an A/B JSON(L) file, a preference JSONL file, an open-ended JSON(L) file or a saved
+    `datasets` folder; named `name` (default: the file's stem); records without a context get `context`."""
     path = Path(spec).expanduser()
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
@@ -383,6 +410,29 @@ def load_external(spec: str | Path, scorer: str | Callable | None = None) -> Ext
                             f"`datasets` folder")
         rows = _read_rows(path)
         version = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    kind, items = _items(str(path), rows, path.stem)
+    kind, items = _items(str(path), rows, context or path.stem)
     fn = load_scorer(scorer) if isinstance(scorer, str) else scorer
-    return ExternalTarget(path.stem, kind, items, version, str(path), fn)
+    return ExternalTarget(name or path.stem, kind, items, version, str(path), fn)
+
+
+def train_test(name: str, train: str | Path, test: str | Path, scorer: str | Callable | None = None
+               ) -> ExternalTarget:
+    """One target fitted on `train`'s records (pool, select) and evaluated on `test`'s (the test splits)."""
+    fn = load_scorer(scorer) if isinstance(scorer, str) else scorer
+    a, b = (load_external(p, fn, name, context=name) for p in (train, test))
+    if a.kind != b.kind:
+        raise UserError(f"target {name!r}: train file {train} holds {a.kind} records, test file {test} {b.kind} ones")
+    items = [_Item(i, it.context, it.prompt, it.matching, it.not_matching, role)
+             for i, (it, role) in enumerate([(it, "train") for it in a.items] + [(it, "test") for it in b.items])]
+    return ExternalTarget(name, a.kind, items, f"{a.version}+{b.version}", f"{a.source} -> {b.source}", fn)
+
+
+def unknown_share(target: Any, tokenizer: Any, limit: int = 64) -> float:
+    """Share of the tokens of the target's first `limit` prompts that `tokenizer` maps to its unknown token (0.0
+    without one): near 1 means the model cannot read the data set (English text on the organism, say)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return 0.0
+    prompts = [it.prompt for it in getattr(target, "items", [])[:limit]]
+    ids = [i for p in prompts for i in tokenizer(p, add_special_tokens=False)["input_ids"]]
+    return sum(i == unk for i in ids) / len(ids) if ids else 0.0

@@ -166,10 +166,6 @@ class Labeler:
         key = ("compare", p, *sorted(args)) if kind == "compare" else (kind, p, *args)
         return key in self._cache
 
-    @property
-    def labels_used(self) -> int:
-        return self.budget.spent
-
     def _own_pair(self, prompt: str, a: str, b: str) -> bool:
         return self.target.dataset_labels and self.target.reward(prompt, a) is not None and \
             self.target.reward(prompt, b) is not None

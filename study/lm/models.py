@@ -13,10 +13,14 @@ from typing import Any
 
 from study.core.errors import UserError
 
-# Where each family keeps its decoder blocks and final norm, relative to the *ForCausalLM model.
-_BLOCK_PATHS = {"transformer.h": "gpt2", "model.layers": "llama, qwen2, mistral, gemma", "gpt_neox.layers": "gpt_neox"}
-_NORM_PATHS = ("transformer.ln_f", "model.norm", "gpt_neox.final_layer_norm")
-SUPPORTED_FAMILIES = ("gpt2", "llama", "qwen2", "mistral", "gemma", "gpt_neox")
+# Where each family keeps its decoder blocks and final norm, relative to the *ForCausalLM model. An image-text
+# model (Gemma 3's *ForConditionalGeneration) keeps its language model's blocks under model.language_model, beside
+# a vision tower whose own `layers` are not the decoder.
+_BLOCK_PATHS = {"transformer.h": "gpt2, gptj", "model.layers": "llama, qwen2, mistral, gemma, gemma3_text, phi, phi3",
+                "gpt_neox.layers": "gpt_neox", "model.language_model.layers": "gemma3 (image-text)"}
+_NORM_PATHS = ("transformer.ln_f", "model.norm", "model.final_layernorm", "gpt_neox.final_layer_norm",
+               "model.language_model.norm")
+SUPPORTED_FAMILIES = ("gpt2", "llama", "qwen2", "mistral", "gemma", "gemma3", "phi", "phi3", "gptj", "gpt_neox")
 
 
 @dataclass
@@ -37,7 +41,8 @@ class LoadedModel:
         return final_norm(self.model)
 
 
-def _unwrap(model: Any) -> Any:
+def unwrap(model: Any) -> Any:
+    """The transformers model inside `model` (itself when not wrapped)."""
     # A PeftModel wraps the transformers model as base_model.model; get_base_model() undoes every layer of that.
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -51,8 +56,9 @@ def _get_path(obj: Any, path: str) -> Any | None:
 
 
 def decoder_blocks(model: Any) -> list:
-    """The decoder blocks of `model` in order (GPT-2, Llama, Qwen2, Mistral, Gemma, GPT-NeoX; PEFT-wrapped too)."""
-    inner = _unwrap(model)
+    """The decoder blocks of `model` in order (see SUPPORTED_FAMILIES; PEFT-wrapped too; an image-text model's are
+    its language model's)."""
+    inner = unwrap(model)
     for path in _BLOCK_PATHS:
         blocks = _get_path(inner, path)
         if blocks is not None:
@@ -63,7 +69,7 @@ def decoder_blocks(model: Any) -> list:
 
 def final_norm(model: Any) -> Any:
     """The final norm of `model` (see decoder_blocks for the supported families)."""
-    inner = _unwrap(model)
+    inner = unwrap(model)
     for path in _NORM_PATHS:
         norm = _get_path(inner, path)
         if norm is not None:

@@ -40,7 +40,7 @@ TEMPLATE_WORDS = ("review", "of", ":", "the", "was", ".", "!", "user", "how", "a
 
 @dataclass(frozen=True)
 class WorldConfig:
-    """The world's parameters. `sharing` is the representation-sharing dial (DESIGN.md, point 7)."""
+    """The world's parameters. `sharing` is the representation-sharing dial (README, "The model organism")."""
 
     n_domains: int = 8
     sharing: float = 0.4

@@ -6,6 +6,12 @@ it returns a CellResult with status "failed" and the error, so a study goes on. 
 
 Stacked methods ("dpo+steering") are fitted part by part by `methods.stacking.fit_parts`, which also splits the budget.
 
+A cell leaves its worker as it found it, or says so: after evaluation the base model must be pristine
+(study.run.pristine: no hook left registered, no adapter left injected, parameters unchanged). If it is not, the cell
+fails ("method X left a forward hook on model.layers.1") and `CellResult.retire` tells the executor to replace the
+worker, as after an error that breaks the CUDA context; a poisoned worker's drift baselines are never reused. A method
+whose source changed since the grid was planned (its code fingerprint differs) fails before it runs.
+
     result = run_cell(cells[0], progress=print)     # cells from study.run.grid.expand
     result.status, result.rows[0]                   # 'ok', {'run_id': ..., 'split': 'covered', 'metric': ...}
 """
@@ -35,10 +41,16 @@ from study.lm.models import load_model
 from study.organism.pretrain import OrganismConfig, organism_model
 from study.organism.world import World, WorldConfig
 from study.run.evaluate import evaluate
-from study.run.grid import Cell
+from study.run.grid import Cell, label_key, method_code
+from study.run.pristine import leftovers, snapshot
 from study.run.study_config import EvalConfig
 
 _DRIFT_CACHE: dict[str, dict[str, float]] = {}  # base-model drift baselines, per process (deterministic, so reusable)
+BROKEN_DEVICE = ("CUDA error", "device-side assert", "CUBLAS_STATUS", "CUDNN_STATUS")  # the process's context is lost
+
+
+class ModelNotPristine(RuntimeError):
+    """The method left the base model changed (a hook, an adapter, edited weights)."""
 
 
 @dataclass
@@ -50,6 +62,7 @@ class CellResult:
     provenance: dict[str, Any]
     rows: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
+    retire: str | None = None  # why the worker process must not run another cell (None: it may)
 
     def record(self) -> dict[str, Any]:
         """The cell file's content (samples go to the JSONL beside it)."""
@@ -87,6 +100,9 @@ def _parts(cell: Cell) -> list[tuple[str, type, Any]]:
     out = []
     for p in cell.config["method"]["parts"]:
         cls = resolve(p["name"])
+        if p.get("code") is not None and method_code(cls) != p["code"]:
+            raise RuntimeError(f"method {p['name']!r}: its source changed after the study was planned (code "
+                               f"{method_code(cls)}, planned {p['code']}); run the study again to plan it anew")
         out.append((p["name"], cls, from_dict(cls.Config, p["config"])))
     return out
 
@@ -107,17 +123,19 @@ def run_cell(cell: Cell, progress: Callable[[str], None] | None = None, work_dir
     t0 = time.perf_counter()
     durations: dict[str, float] = {}
     prov: dict[str, Any] = {"git_sha": git_sha(), "versions": package_versions(), "host": platform.node(),
-                            "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                            "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                            "label_key": label_key(c)}
     rows: list[dict[str, Any]] = []
     samples: list[dict[str, Any]] = []
     scratch = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix=f"cell-{cell.run_id}-"))
-    status, error = "ok", None
+    status, error, retire, snap, lm = "ok", None, None, None, None
     try:
         import torch  # heavy: loaded in the worker, not by `study --help`
 
         prov["torch_threads"] = torch.get_num_threads()
         stage("loading model")
         lm, world = _load(cell)
+        snap = snapshot(lm.model)
         prov.update(model_id=c["model"].get("organism_key") or c["model"]["path"], model_family=lm.family,
                     device=str(next(lm.model.parameters()).device))
         durations["load"] = time.perf_counter() - t0
@@ -144,6 +162,11 @@ def run_cell(cell: Cell, progress: Callable[[str], None] | None = None, work_dir
                           n_completions=ev.n_completions, temperature=ev.temperature,
                           drift_completions=ev.drift_completions, seed=c["seed"], batch_size=ev.batch_size,
                           progress=lambda s: stage(f"evaluating: {s}"))
+        left = leftovers(lm.model, snap)
+        if left:  # checked before the drift baseline is kept: a leftover hook may have skewed it
+            raise ModelNotPristine(f"method {c['method']['name']} left {'; '.join(left[:5])}"
+                                   + (f"; and {len(left) - 5} more" if len(left) > 5 else "")
+                                   + "; a cell must leave the base model as it found it")
         _DRIFT_CACHE.setdefault(key, {}).update(result.base)
         metrics, samples = list(result.rows), list(result.samples)
         parts = list(intervention.parts) if isinstance(intervention, Stacked) else [intervention]
@@ -171,8 +194,23 @@ def run_cell(cell: Cell, progress: Callable[[str], None] | None = None, work_dir
         error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000]
         prov["traceback"] = traceback.format_exc()[-8000:]
         rows, samples = [], []
+        if isinstance(exc, ModelNotPristine):
+            retire = "the method left the base model changed"
+        elif any(m in error for m in BROKEN_DEVICE):
+            retire = "the error may have broken the device context"
+        elif snap is not None:  # a method that failed half-way may have left its hooks behind too
+            try:
+                left = leftovers(lm.model, snap)
+            except Exception as check:
+                left = [f"a model that cannot be checked ({type(check).__name__})"]
+            if left:
+                retire = "the method left the base model changed"
+                prov["leftovers"] = left
+        if retire:  # nothing this process computed is reused; the executor replaces it where it can
+            _DRIFT_CACHE.clear()
+            prov["worker_retired"] = retire
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     durations["total"] = time.perf_counter() - t0
     prov.update(durations={k: round(v, 3) for k, v in durations.items()}, status=status, error=error)
-    return CellResult(cell.run_id, status, error, c, prov, rows, samples)
+    return CellResult(cell.run_id, status, error, c, prov, rows, samples, retire)

@@ -26,20 +26,20 @@ replaced the weights for good would make KL read zero, so methods must keep the 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from study.core.errors import UserError
-from study.feedback.catalog import resolve_target
+from study.feedback.catalog import name_targets, resolve_target
+from study.feedback.external import unknown_share
 from study.feedback.splits import BehaviorTarget, Record, Splits, SplitSizes
 from study.feedback.targets import ORGANISM_TARGETS
 from study.lm.generation import generate, render
 from study.lm.intervention import Intervention, is_noop
 from study.lm.logprobs import continuation_ids, kl_divergence, sequence_logprobs
 from study.lm.models import load_model
-from study.organism.pretrain import load_organism as _load
+from study.organism.pretrain import build_tokenizer, load_organism as _load
 from study.organism.world import World
 from study.run.study_config import load_study
 
@@ -49,7 +49,6 @@ class EvalResult:
     rows: list[dict[str, Any]]  # {split, metric, value, n}
     samples: list[dict[str, Any]]  # one per completion (and per record for propensity, per neutral prompt for KL)
     base: dict[str, float] = field(default_factory=dict)  # drift baseline: other target -> base behavior on `all`
-    seconds: float = 0.0
 
     def table(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
@@ -180,7 +179,6 @@ def evaluate(lm: Any, target: BehaviorTarget, intervention: Intervention | None 
     `splits` default to `target.splits(anticipation, seed)`. `others`: targets whose drift to report; `base`: their
     base-model behavior (from `drift_baseline`, or computed here and returned in `EvalResult.base`).
     """
-    t0 = time.perf_counter()
     say = progress or (lambda stage: None)
     model, tokenizer = lm.model, lm.tokenizer
     splits = splits or target.splits(anticipation, seed)
@@ -227,7 +225,7 @@ def evaluate(lm: Any, target: BehaviorTarget, intervention: Intervention | None 
         value, n = res["all"]["behavior"]
         emit("all", {f"drift:{t.name}": (value - base[t.name], n)})
         samples += s
-    return EvalResult(rows, samples, base, time.perf_counter() - t0)
+    return EvalResult(rows, samples, base)
 
 
 # ---- `study evaluate`: a model with no intervention, every split --------------------------------------------------
@@ -246,10 +244,12 @@ def evaluate_model(model: str, targets: Sequence[str], *, config: str | None = N
     if not targets and model != "organism":
         raise UserError(f"--model {model}: name the targets to evaluate with --target (an A/B or preference file, "
                         f"a datasets folder, or {', '.join(ORGANISM_TARGETS)})")
-    resolved = [resolve_target(t, world, scorer) for t in (targets or ORGANISM_TARGETS)]
-    names = [t.name for t in resolved]
-    if len(set(names)) != len(names):
-        raise UserError(f"--target: two targets share the name {next(n for n in names if names.count(n) > 1)!r}")
+    specs = list(targets or ORGANISM_TARGETS)
+    if len(set(specs)) != len(specs):
+        raise UserError(f"--target {next(t for t in specs if specs.count(t) > 1)}: given twice")
+    resolved = [resolve_target(t, world, scorer) for t in name_targets(specs)]  # same-named files: parent/stem
+    if model == "organism":  # the organism's tokenizer is its world's words: check before loading it
+        _check_readable(resolved, build_tokenizer(world), "the organism")
     cache = cache_dir or cfg.cache_dir
     if model == "organism":
         if load_organism is None:
@@ -260,11 +260,27 @@ def evaluate_model(model: str, targets: Sequence[str], *, config: str | None = N
         lm = types.SimpleNamespace(model=raw.to(device or "cpu").eval(), tokenizer=tokenizer)
     else:
         lm = load_model(model, device=device)
+        _check_readable(resolved, lm.tokenizer, model)
     sizes = SplitSizes(pool=1, select=1, test=n_test)  # the feedback splits are not used here
     out: dict[str, dict[str, dict[str, float | None]]] = {}
     for t in resolved:
-        res = evaluate(lm, t, None, splits=t.splits(anticipation, seed, sizes), others=resolved,
-                       n_completions=n_completions, temperature=temperature, seed=seed)
+        splits = t.splits(anticipation, seed, sizes)
+        res = evaluate(lm, t, None, splits=splits, others=resolved, n_completions=n_completions,
+                       temperature=temperature, seed=seed)
         out[t.name] = {split: {m: (None if math.isnan(v) else v) for m, v in metrics.items()}
                        for split, metrics in res.table().items()}
+        records = {"covered": len(splits.test_covered), "uncovered": len(splits.test_uncovered),
+                   "neutral": len(splits.neutral)}
+        records["all"] = records["covered"] + records["uncovered"]
+        for split, metrics in out[t.name].items():
+            metrics["records"] = records.get(split, 0)
     return out
+
+
+def _check_readable(targets: Sequence[BehaviorTarget], tokenizer: Any, model: str) -> None:
+    """Refuse a data set whose tokens are mostly the tokenizer's unknown token: every score would be chance."""
+    for t in targets:
+        share = unknown_share(t, tokenizer)
+        if share > 0.5:
+            raise UserError(f"target {t.name!r}: {share:.0%} of its tokens are unknown to {model}'s tokenizer, so "
+                            f"every score would be chance; evaluate it on a model that reads its language")

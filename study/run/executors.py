@@ -8,13 +8,21 @@ Both report what happens as events to one callback, for the progress display:
 
 **Local**: N worker processes (spawned, so no state leaks from the parent), each with 1/N of the CPU cores as torch
 threads. The parent hands one cell at a time to each worker over its own pipe, so it always knows which cell a worker
-holds: a worker that dies (out of memory, a segfault) has its cell stored as failed and is replaced. Workers store
-each cell themselves the moment it is done, so killing the parent loses only the cells in flight; a worker whose parent
-is gone exits at once (PR_SET_PDEATHSIG where Linux offers it, a watchdog thread everywhere).
+holds. No cell blocks the study: a worker that dies (out of memory, a segfault, SIGKILL) has its cell stored as failed
+("WorkerDied: ..."), one whose cell runs past `cell_timeout` seconds (counted from the cell's start, not the worker's)
+is killed and its cell stored as failed ("CellTimeout: timed out after N s"), and either is replaced by a fresh worker.
+A worker whose cell left the model changed or broke the CUDA context (`CellResult.retire`) stores the cell, says so
+and exits; a fresh worker takes its place. Workers store each cell themselves the moment it is done, so killing the
+parent loses only the cells in flight; a worker whose parent is gone exits at once (PR_SET_PDEATHSIG where Linux
+offers it, a watchdog thread everywhere).
 
 **Ray**: each cell is a Ray task (`num_cpus` = torch threads per cell) on the cluster at `address`, or on a local Ray
 instance started for the run. A task returns its record and samples and the driver writes them, so the workers need
-no shared filesystem (but they do need the organism cache, which `ensure` fills on the driver's machine).
+no shared filesystem (but they do need the organism cache, which `ensure` fills on the driver's machine). A task past
+`cell_timeout` (from its "start" event) is cancelled with force, which kills its worker process; a task whose worker
+dies fails the cell. A task whose cell asks to retire its worker cannot end that process from inside (Ray reuses
+task workers): its drift baselines are dropped (run_cell does that), but a broken CUDA context stays with that Ray
+worker process until Ray recycles it.
 
     run_local(cells, Store("results/x"), workers=2, on_event=print)
     run_ray(cells, Store("results/x"), workers=2, address=None, on_event=print)
@@ -23,13 +31,14 @@ no shared filesystem (but they do need the organism cache, which `ensure` fills 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
 from collections import deque
 from typing import Any, Callable
 
-from study.run.grid import Cell
+from study.run.grid import Cell, label_key
 from study.run.store import Store
 from study.core.provenance import git_sha, package_versions
 from study.run.cell import drift_key, run_cell
@@ -79,7 +88,8 @@ def failed_record(cell: Cell, error: str) -> dict[str, Any]:
     """A cell record for a failure outside run_cell (a worker that died, a Ray task that crashed)."""
 
     return {"run_id": cell.run_id, "status": "failed", "error": error, "config": cell.config,
-            "provenance": {"git_sha": git_sha(), "versions": package_versions(), "status": "failed", "error": error},
+            "provenance": {"git_sha": git_sha(), "versions": package_versions(), "status": "failed", "error": error,
+                           "label_key": label_key(cell.config)},
             "rows": []}
 
 
@@ -128,7 +138,11 @@ def _worker_main(conn: Any, threads: int, sys_path: list[str], store_root: str, 
         result = run_cell(cell, progress=lambda s, rid=cell.run_id: conn.send(("stage", rid, s)),
                           work_dir=store.root / "work" / cell.run_id)
         store.write(result.record(), result.samples)
+        if result.retire:  # said before "done", so the parent never hands this worker another cell
+            conn.send(("retire", cell.run_id, result.retire))
         conn.send(("done", cell.run_id, result.status, result.error, result.provenance["durations"]["total"]))
+        if result.retire:
+            return
 
 
 _EXITING: list = []  # finished workers still shutting down, reaped by the next run_local
@@ -167,7 +181,9 @@ class _Worker:
         self.proc.start()
         child_conn.close()
         self.cell: Cell | None = None
-        self.started = 0.0
+        self.handed = 0.0  # when the cell was handed over
+        self.started: float | None = None  # when the worker began it (its "start" event)
+        self.retiring = False
 
     def give(self, cell: Cell) -> bool:
         """Hand over a cell; False if the worker is gone (the cell was not handed over)."""
@@ -175,13 +191,44 @@ class _Worker:
             self.conn.send(cell)
         except (OSError, ValueError):
             return False
-        self.cell, self.started = cell, time.perf_counter()
+        self.cell, self.handed, self.started = cell, time.perf_counter(), None
+        return True
+
+    def read(self, on_event: Callable[[Event], None]) -> bool:
+        """Pass on the worker's pending events (until its cell is done); False if the worker is gone."""
+        try:
+            while self.cell is not None and self.conn.poll():
+                msg = self.conn.recv()
+                if msg[0] == "retire":
+                    self.retiring = True
+                    continue
+                if msg[0] == "start":
+                    self.started = time.perf_counter()
+                on_event(msg)
+                if msg[0] == "done":
+                    self.cell = None
+        except (EOFError, OSError):
+            return False
         return True
 
 
+def _died(proc: Any) -> str:
+    code = proc.exitcode
+    if code is not None and code < 0:
+        try:
+            how = f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"killed by signal {-code}"
+        how += " (out of memory?)" if code == -9 else ""
+    else:
+        how = f"exit code {code}"
+    return f"WorkerDied: the worker process running this cell died ({how}); a new worker took its place"
+
+
 def run_local(cells: list[Cell], store: Store, workers: int, on_event: Callable[[Event], None],
-              threads: int | None = None) -> None:
-    """Run `cells` in `workers` spawned processes (threads each: cores / workers unless given)."""
+              threads: int | None = None, cell_timeout: float = 0.0) -> None:
+    """Run `cells` in `workers` spawned processes (threads each: cores / workers unless given); a cell running longer
+    than `cell_timeout` seconds (0: no limit) is stopped and stored as failed."""
     import multiprocessing as mp
     from multiprocessing.connection import wait
 
@@ -197,10 +244,26 @@ def run_local(cells: list[Cell], store: Store, workers: int, on_event: Callable[
         cell = pending.take(id(w))
         if not w.give(cell):  # died between two cells: its replacement takes the cell
             pending.put_back(cell)
-            pool.remove(w)
-            replacement = _Worker(ctx, threads, store)
-            pool.append(replacement)
-            feed(replacement)
+            replace(w, stop=True)
+
+    def replace(w: _Worker, stop: bool) -> None:
+        """Take `w` out of the pool (stopping its process now, or letting it exit) and start a fresh worker."""
+        pool.remove(w)
+        w.conn.close()
+        if stop:
+            w.proc.kill()
+            w.proc.join()
+        else:
+            _EXITING.append(w.proc)
+        if pending:
+            pool.append(_Worker(ctx, threads, store))
+            feed(pool[-1])
+
+    def fail(w: _Worker, error: str) -> None:
+        assert w.cell is not None
+        store.write(failed_record(w.cell, error))
+        on_event(("done", w.cell.run_id, "failed", error, time.perf_counter() - (w.started or w.handed)))
+        w.cell = None
 
     for old in _EXITING[:]:  # reap the workers of an earlier run
         old.join(0.1)
@@ -211,35 +274,24 @@ def run_local(cells: list[Cell], store: Store, workers: int, on_event: Callable[
             pool.append(_Worker(ctx, threads, store))
             feed(pool[-1])
         while any(w.cell is not None for w in pool):
-            ready = wait([w.conn for w in pool if w.cell] + [w.proc.sentinel for w in pool if w.cell], timeout=1.0)
-            for w in list(pool):
-                if w.cell is None:
-                    continue
-                dead = False
-                if w.conn in ready or w.proc.sentinel in ready:
-                    try:
-                        while w.conn.poll():
-                            msg = w.conn.recv()
-                            on_event(msg)
-                            if msg[0] == "done":
-                                w.cell = None
-                                break
-                    except (EOFError, OSError):
-                        dead = True
-                if w.cell is not None and (dead or not w.proc.is_alive()):
-                    cell, code = w.cell, w.proc.exitcode
-                    error = f"WorkerDied: the worker process running this cell exited (code {code})"
-                    store.write(failed_record(cell, error))
-                    on_event(("done", cell.run_id, "failed", error, time.perf_counter() - w.started))
-                    pool.remove(w)
-                    w.conn.close()
-                    if pending:  # replace it
-                        w = _Worker(ctx, threads, store)
-                        pool.append(w)
-                    else:
-                        continue
-                if w.cell is None and pending:
-                    feed(w)
+            busy = [w for w in pool if w.cell is not None]
+            wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout=0.25 if cell_timeout else 1.0)
+            for w in busy:
+                alive = w.read(on_event)
+                if w.cell is None:  # done
+                    if w.retiring:
+                        replace(w, stop=False)
+                    elif pending:
+                        feed(w)
+                elif not alive or not w.proc.is_alive():
+                    w.proc.join(1.0)  # for its exit code
+                    fail(w, _died(w.proc))
+                    replace(w, stop=True)
+                elif cell_timeout and w.started is not None and time.perf_counter() - w.started > cell_timeout:
+                    w.proc.kill()
+                    fail(w, f"CellTimeout: timed out after {cell_timeout:g} s (cell_timeout); its worker was "
+                            f"stopped and a new worker took its place")
+                    replace(w, stop=True)
         finished = True
     finally:
         for w in pool:
@@ -275,8 +327,9 @@ def _ray_cell(cell: Cell, threads: int, sys_path: list[str], env: dict[str, str]
 
 
 def run_ray(cells: list[Cell], store: Store, workers: int, on_event: Callable[[Event], None],
-            address: str | None = None, threads: int | None = None) -> None:
-    """Run `cells` as Ray tasks: on the cluster at `address`, or on a local Ray with `workers` concurrent cells."""
+            address: str | None = None, threads: int | None = None, cell_timeout: float = 0.0) -> None:
+    """Run `cells` as Ray tasks: on the cluster at `address`, or on a local Ray with `workers` concurrent cells; a
+    task running longer than `cell_timeout` seconds (0: no limit) is cancelled and its cell stored as failed."""
     if not cells:
         return
     try:
@@ -297,24 +350,37 @@ def run_ray(cells: list[Cell], store: Store, workers: int, on_event: Callable[[E
         env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
         futures = {task.remote(c, threads, list(sys.path), env, queue): c for c in cells}
         began = {c.run_id: time.perf_counter() for c in cells}
+        started: dict[str, float] = {}  # run_id -> when its task began (its "start" event)
+        timed_out: set[str] = set()
 
         def drain() -> None:
             while True:
                 try:
-                    on_event(queue.get_nowait())
+                    event = queue.get_nowait()
                 except Empty:
                     return
+                if event[0] == "start":
+                    started[event[1]] = time.perf_counter()
+                on_event(event)
 
         while futures:
             done, _ = ray.wait(list(futures), num_returns=len(futures), timeout=0.5)
             drain()
+            for f, cell in list(futures.items()):
+                t = started.get(cell.run_id)
+                if cell_timeout and f not in done and t is not None and time.perf_counter() - t > cell_timeout \
+                        and cell.run_id not in timed_out:
+                    timed_out.add(cell.run_id)
+                    ray.cancel(f, force=True)  # kills the task's worker process; Ray starts another
             for f in done:
                 cell = futures.pop(f)
                 try:
                     record, samples = ray.get(f)
                 except Exception as exc:  # a crashed task or worker: the cell fails, the study goes on
                     text = " ".join(str(exc).split())
-                    record, samples = failed_record(cell, f"RayTaskError: {text[:1000]}"), None
+                    error = (f"CellTimeout: timed out after {cell_timeout:g} s (cell_timeout); its task was cancelled"
+                             if cell.run_id in timed_out else f"RayTaskError: {text[:1000]}")
+                    record, samples = failed_record(cell, error), None
                 store.write(record, samples)
                 seconds = (record.get("provenance") or {}).get("durations", {}).get("total",
                                                                                     time.perf_counter() - began[

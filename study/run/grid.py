@@ -6,6 +6,15 @@ method's own `Config` dataclass (defaults included), the target's version, the l
 sizes. So a changed default recomputes the cells it touches, and an unchanged one never does. Methods that use no
 labels (`uses_labels = False`, e.g. `none`) run once per condition, at budget 0, whatever `budgets` lists.
 
+The code is part of the id too: each method part carries `code`, a fingerprint of the source files that compute it
+(study.core.provenance.code_fingerprint): the module defining the class (a built-in method's file or a user's
+`module:Class` file), every module it draws on from the `methods` package or from its own top-level package
+(transitively: steering -> methods.steering_vectors, dpo -> methods.trained, methods.selection, ...), and always
+methods.base and methods.stacking, which fit every method. So editing a method's file recomputes that method's cells
+and no others. Changes below `methods/` (study.lm, study.feedback, the organism) and in third-party packages are not
+covered: the git revision and package versions in each cell's provenance record them. `label_key` is the id without
+the fingerprints: a stored cell with the same label key but another id was computed by older code ("stale").
+
 Stacked methods ("dpo+steering") are resolved part by part; `method_config` is keyed by part name (or `module:Class`)
 and applies wherever that part appears. `method_budgets` gives a method its own budgets (e.g. prompting, which can
 spend only a few labels, or an expensive method run at fewer budgets).
@@ -24,8 +33,10 @@ from typing import Any
 
 from study.core.config import from_dict, to_dict
 from study.core.errors import ConfigError, UserError
+from study.core.provenance import code_fingerprint
 from study.run.study_config import ModelSpec, StudyConfig
 from study.organism.pretrain import OrganismConfig
+from methods import base as methods_base, stacking as methods_stacking
 from methods.registry import resolve
 from study.organism.world import World
 from study.feedback.catalog import resolve_target
@@ -69,6 +80,18 @@ def cell_id(config: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def label_key(config: dict[str, Any]) -> str:
+    """The cell's id without its methods' code fingerprints (equal for the same cell computed by other code)."""
+    method = config["method"]
+    parts = [{k: v for k, v in p.items() if k != "code"} for p in method["parts"]]
+    return cell_id(config | {"method": method | {"parts": parts}})
+
+
+def method_code(cls: type) -> str:
+    """The fingerprint of the code that computes method class `cls` (see the module docstring)."""
+    return code_fingerprint(cls, packages=("methods",), also=(methods_base, methods_stacking))
+
+
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
@@ -94,15 +117,16 @@ def uses_labels(cls: type, config: Any) -> bool:
 
 
 def resolve_method(spec: str, method_config: dict[str, dict[str, Any]], source: str = "") -> tuple[dict, bool]:
-    """({"name": spec, "parts": [{"name", "config"}...]}, whether it uses labels). Configs are checked against each
-    part's own Config dataclass; errors name the file and `method_config.<part>.<field>`."""
+    """({"name": spec, "parts": [{"name", "config", "code"}...]}, whether it uses labels). Configs are checked
+    against each part's own Config dataclass; errors name the file and `method_config.<part>.<field>`. `code` is the
+    part's code fingerprint (`method_code`)."""
 
     parts, labels = [], False
     for name in spec.split("+"):
         name = name.strip()
         cls = resolve(name)
         cfg = from_dict(cls.Config, method_config.get(name) or {}, source=source, prefix=f"method_config.{name}")
-        parts.append({"name": name, "config": to_dict(cfg)})
+        parts.append({"name": name, "config": to_dict(cfg), "code": method_code(cls)})
         labels = labels or uses_labels(cls, cfg)
     return {"name": spec, "parts": parts}, labels
 

@@ -2,7 +2,9 @@
 
 Stored cells are never recomputed: a cell whose file says "ok" is done, one that says "failed" is done too unless
 `retry_failed`. So an interrupted study (Ctrl-C, SIGKILL, a lost machine) resumes where it stopped when run again,
-and a warm rerun only reads the store and rewrites `table.parquet`.
+and a warm rerun only reads the store and rewrites `table.parquet`. A cell's id covers its method's code
+(study.run.grid), so after an edit to a method's file its cells are to run again; the dry run marks them "stale" (the
+same cell is stored, computed by the earlier code, and left in place).
 
     summary = run_study("micro", ["seeds=[0,1]"], workers=2)
     summary.ok, summary.failed, summary.exit_code          # exit_code 1 when any cell of the study failed
@@ -25,7 +27,8 @@ from study.core.errors import UserError
 from study.organism.pretrain import organism_info
 from study.run.display import Display, fmt_seconds, pretrain_with_progress
 from study.run.executors import cpu_count, run_local, run_ray
-from study.run.grid import Cell, expand, organisms
+from study.run.grid import Cell, expand, label_key, organisms
+from study.run.preflight import preflight
 from study.run.study_config import StudyConfig, load_study
 from study.run.store import Store
 from methods.registry import REGISTRY, resolve
@@ -71,16 +74,32 @@ def plan(config: str | Path | StudyConfig | None = None, overrides: list[str] | 
     study, source = _resolve(config, overrides)
     if os.getcwd() not in sys.path:  # a user's `module:Class` next to their config, as `python -m` would find it
         sys.path.insert(0, os.getcwd())
+    study = preflight(study, source, overrides)
     cache = str(Path(study.cache_dir).expanduser().resolve()) if study.cache_dir else None
     cells = expand(study, source, cache)
     return study, cells, Store(Path(results or study.results_dir))
 
 
-def print_cells(cells: list[Cell], status: dict[str, str], out: Any = None) -> None:
-    """One line per cell, status first (done / failed / todo), as plain aligned text (it is often piped)."""
+def stale_cells(cells: list[Cell], status: dict[str, str], store: Store) -> set[str]:
+    """Ids of the cells not stored under their id whose same cell computed by other code (same `label_key`) is."""
+    ids = {c.run_id for c in cells}
+    stored = set()
+    for run_id in set(status) - ids:
+        try:
+            rec = store.read(run_id) or {}
+            stored.add(label_key(rec["config"]))
+        except (OSError, ValueError, KeyError, TypeError):  # unreadable or foreign: not a stored version of a cell
+            continue
+    return {c.run_id for c in cells if c.run_id not in status and label_key(c.config) in stored}
+
+
+def print_cells(cells: list[Cell], status: dict[str, str], out: Any = None, stale: set[str] = frozenset()) -> None:
+    """One line per cell, status first (done / failed / stale / todo), as plain aligned text (it is often piped).
+    Stale: to run, because the stored result was computed by an earlier version of the method's code."""
     out = out or sys.stdout
     head = ("status", "run_id", "model", "method", "target", "budget", "anticipation", "noise", "misspec", "seed")
-    rows = [head] + [({"ok": "done", "failed": "failed"}.get(status.get(c.run_id, ""), "todo"), c.run_id, c.model,
+    state = {"ok": "done", "failed": "failed"}
+    rows = [head] + [(state.get(status.get(c.run_id, ""), "stale" if c.run_id in stale else "todo"), c.run_id, c.model,
                       c.method, c.target, str(c.config["budget"]), f"{c.config['anticipation']:g}",
                       f"{c.config['labeler']['noise']:g}", f"{c.config['labeler']['misspec']:g}",
                       str(c.config["seed"])) for c in cells]
@@ -117,17 +136,32 @@ def run_study(config: str | Path | StudyConfig | None = None, overrides: list[st
     todo = [c for c in cells if c.run_id not in status or (retry_failed and status[c.run_id] == "failed")]
     summary = RunSummary(study.name, str(store.root), len(cells), len(cells) - len(todo), dry_run=dry_run)
     if dry_run:
-        print_cells(cells, status, out)
+        stale = stale_cells(cells, status, store)
+        print_cells(cells, status, out, stale)
         done = sum(status.get(c.run_id) == "ok" for c in cells)
         failed = sum(status.get(c.run_id) == "failed" for c in cells)
         other = len(set(status) - {c.run_id for c in cells})
         print(f"{len(cells)} cells: {done} done, {failed} failed, {len(todo)} to run"
+              + (f" ({len(stale)} stale: stored from an earlier version of their method's code)" if stale else "")
               + (" (failed ones rerun with --retry-failed)" if failed and not retry_failed else "")
               + (f"; {other} other stored cell(s) are not part of this study" if other else ""), file=out or sys.stdout)
         summary.seconds = time.perf_counter() - t0
         return summary
 
     store.ensure_writable()
+    with store.lock():  # one run per results folder: a second one exits 2 instead of computing every cell twice
+        status = store.status()  # again, under the lock
+        todo = [c for c in cells if c.run_id not in status or (retry_failed and status[c.run_id] == "failed")]
+        summary.stored_before = len(cells) - len(todo)
+        _run(study, cells, todo, store, summary, executor, workers, address, console)
+    summary.seconds = time.perf_counter() - t0
+    print_summary(summary, console)
+    return summary
+
+
+def _run(study: StudyConfig, cells: list[Cell], todo: list[Cell], store: Store, summary: RunSummary, executor: str,
+         workers: int | None, address: str | None, console: Console) -> None:
+    """Compute `todo` (the results folder locked), then write the study's index and table into `summary`."""
     store.clean_temporary()
     if todo:
         _ensure_organisms(todo, console)
@@ -143,9 +177,10 @@ def run_study(config: str | Path | StudyConfig | None = None, overrides: list[st
         threads = study.threads or (1 if auto else None)
         with Display(todo, len(cells), summary.stored_before, concurrency, console) as display:
             if executor == "local":
-                run_local(todo, store, concurrency, display.event, threads=threads)
+                run_local(todo, store, concurrency, display.event, threads=threads, cell_timeout=study.cell_timeout)
             else:
-                run_ray(todo, store, concurrency, display.event, address=address, threads=threads)
+                run_ray(todo, store, concurrency, display.event, address=address, threads=threads,
+                        cell_timeout=study.cell_timeout)
         summary.computed = display.finished
         try:
             (store.root / "work").rmdir()  # each cell removes its own scratch folder
@@ -162,9 +197,6 @@ def run_study(config: str | Path | StudyConfig | None = None, overrides: list[st
     summary.other_cells = len(set(final) - ids)
     store.write_index(study.name, to_dict(study), sorted(ids))
     summary.table_path = str(store.export_parquet(run_ids=ids))
-    summary.seconds = time.perf_counter() - t0
-    print_summary(summary, console)
-    return summary
 
 
 def print_summary(s: RunSummary, console: Console) -> None:

@@ -6,11 +6,15 @@
     <results>/table.parquet                  the tidy table of the study's ok cells, rewritten after every run
     <results>/study.json                     the study's config and the ids of its cells
 
-Every file is written under a temporary dot-name beside its final name and renamed (`os.replace`), the samples first
-and the cell file last: a cell file exists only once its samples do, and a crash at any moment leaves either the old
-state or the new one, never a partial file that a reader would take (readers skip dot-names).
+Every file is written under a temporary dot-name beside its final name, fsynced and renamed (`os.replace`), and the
+folder fsynced, the samples first and the cell file last: a cell file exists only once its samples do, and a crash or
+a power loss at any moment leaves either the old state or the new one, never a partial file that a reader would take
+(readers skip dot-names). A cell counts as stored only if it passes the table's contract (analysis.table.parse_cell)
+and, when ok, its samples file is there; anything else is recomputed. One run at a time holds `<results>/.lock`.
 
     store = Store("results/micro")
+    with store.lock():             # UserError (exit 2) if another study run holds this folder
+        store.write(record, samples)
     store.status()                 # {run_id: "ok" | "failed"} of the cells stored so far
     df = store.table()             # one row per (cell, split, metric)
     store.export_parquet()         # results/micro/table.parquet
@@ -18,17 +22,26 @@ state or the new one, never a partial file that a reader would take (readers ski
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import io
 import json
 import math
 import os
+import re
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from study.core.errors import UserError
-from analysis.table import atomic_write_bytes, empty_table, export_parquet, read_results
+from analysis.table import CellFileWarning, atomic_write_bytes, empty_table, parse_cell, read_results
 
 STALE_TEMP_SECONDS = 60  # a temporary file this old belongs to a writer that died (writes take milliseconds)
+# atomic_write_bytes's temporary names: .<name>.<pid>@<host>.<hex>.tmp (older ones lack the writer and age out)
+_TEMP_WRITER = re.compile(r"\.(\d+)@([A-Za-z0-9-]*)\.[0-9a-f]+\.tmp$")
 
 
 def clean_json(x: Any) -> Any:
@@ -54,6 +67,42 @@ def _atomic_write(path: Path, data: bytes) -> None:
     atomic_write_bytes(path, data)
 
 
+def _host() -> str:
+    """This machine's name as atomic_write_bytes puts it in a temporary name."""
+    return "".join(c if c.isalnum() or c == "-" else "-" for c in os.uname().nodename)[:40]
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a writer's pid; leave the file to the age rule
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _stale(p: Path, now: float, host: str) -> bool:
+    """A temporary file whose writer is gone: older than STALE_TEMP_SECONDS, or written here by a dead process."""
+    if now - p.stat().st_mtime > STALE_TEMP_SECONDS:
+        return True
+    m = _TEMP_WRITER.search(p.name)
+    return m is not None and m.group(2) == host and not _alive(int(m.group(1)))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # as in atomic_write_bytes: some file systems cannot fsync a folder
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
 class Store:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -65,41 +114,86 @@ class Store:
     def ensure_writable(self) -> None:
         """Create the store's folders and prove a file can be written there; a one-line UserError otherwise."""
         try:
-            self.cells.mkdir(parents=True, exist_ok=True)
-            probe = self.cells / f".probe-{os.getpid()}.tmp"
+            if not self.cells.is_dir():
+                self.cells.mkdir(parents=True, exist_ok=True)
+                _fsync_dir(self.root)  # so the new folder survives a power loss along with the files put in it
+            probe = self.cells / f".probe.{os.getpid()}@{_host()}.{os.urandom(4).hex()}.tmp"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
             raise UserError(f"results directory {self.root}: not writable ({exc.strerror or exc})") from None
 
-    def clean_temporary(self) -> int:
-        """Remove temporary files left by writers that were killed; returns how many."""
-        if not self.cells.is_dir():
-            return 0
-        n, now = 0, time.time()
-        for p in self.cells.glob(".*.tmp"):
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold `<results>/.lock` (fcntl.flock) for the block: one study run per results folder at a time.
+
+        A second holder fails at once with a one-line UserError (exit code 2) naming the holder's pid. The kernel drops
+        the lock when the holder exits, however it exits, so a killed run never leaves the folder locked; the file
+        itself stays (deleting it would let two runs lock two different files)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise UserError(f"results directory {self.root}: not writable ({exc.strerror or exc})") from None
+        try:
             try:
-                if now - p.stat().st_mtime > STALE_TEMP_SECONDS:
-                    p.unlink()
-                    n += 1
-            except OSError:
-                pass
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+                pid = holder[0] if holder else "unknown"
+                where = f" on {holder[1]}" if len(holder) > 1 and holder[1] != _host() else ""
+                raise UserError(f"{self.root} is in use by another study run (pid {pid}{where}); wait for it or use "
+                                f"another --results") from None
+            except OSError as exc:  # e.g. ENOLCK: a network file system without locks; run, but unguarded
+                warnings.warn(f"{self.root / '.lock'}: cannot lock ({exc.strerror or exc}); nothing stops a second "
+                              f"study run from writing to {self.root} at the same time", RuntimeWarning, stacklevel=3)
+            else:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()} {_host()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def clean_temporary(self) -> int:
+        """Remove temporary files (in the results folder and cells/) left by writers that died; returns how many."""
+        n, now, host = 0, time.time(), _host()
+        for folder in (self.root, self.cells):
+            if not folder.is_dir():
+                continue
+            for p in folder.glob(".*.tmp"):
+                try:
+                    if _stale(p, now, host):
+                        p.unlink()
+                        n += 1
+                except OSError:  # gone already (its writer finished) or not ours to remove
+                    pass
         return n
 
     def status(self) -> dict[str, str]:
-        """{run_id: "ok" | "failed"} of every readable cell file. An unreadable one counts as absent (recomputed)."""
+        """{run_id: "ok" | "failed"} of every valid cell file.
+
+        Valid means what the table accepts (analysis.table.parse_cell), plus, for an ok cell, its samples file: a cell
+        that fails either counts as absent, so the runner recomputes it, and a CellFileWarning names the file and why.
+        """
         out: dict[str, str] = {}
         if not self.cells.is_dir():
             return out
-        for p in self.cells.glob("*.json"):
+        bad: list[str] = []
+        for p in sorted(self.cells.glob("*.json")):
             if p.name.startswith("."):
                 continue
             try:
-                cell = json.loads(p.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                cell = parse_cell(p)
+            except ValueError as exc:
+                bad.append(f"{p}: {exc}")
                 continue
-            if isinstance(cell, dict) and cell.get("run_id") == p.stem and cell.get("status") in ("ok", "failed"):
-                out[p.stem] = cell["status"]
+            if cell["status"] == "ok" and not (self.cells / f"{p.stem}.samples.jsonl").is_file():
+                bad.append(f"{p}: its samples file {p.stem}.samples.jsonl is missing")
+                continue
+            out[p.stem] = cell["status"]
+        if bad:
+            warnings.warn(f"{len(bad)} stored cell(s) count as missing and will be recomputed: " + "; ".join(bad),
+                          CellFileWarning, stacklevel=2)
         return out
 
     def read(self, run_id: str) -> dict[str, Any] | None:
@@ -128,7 +222,10 @@ class Store:
         return df.sort_values(["run_id", "split", "metric"], kind="stable").reset_index(drop=True)
 
     def export_parquet(self, path: str | Path | None = None, run_ids: set[str] | None = None) -> Path:
-        return export_parquet(self.table(run_ids), path or self.root / "table.parquet")
+        """The table as Parquet, written like every other store file (fsynced, renamed, with the user's umask)."""
+        buf = io.BytesIO()
+        self.table(run_ids).to_parquet(buf, index=False)
+        return atomic_write_bytes(path or self.root / "table.parquet", buf.getvalue())
 
     def write_index(self, name: str, config: dict[str, Any], run_ids: list[str]) -> Path:
         """`<results>/study.json`: the study's config and its cells' ids. A results directory may also hold cells of

@@ -10,6 +10,7 @@ around its first value (`design: one_at_a_time`). See study/configs/default.yaml
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +58,8 @@ class EvalConfig:
 
 def _unique(name: str, values: tuple) -> None:
     check(len(values) > 0, name, list(values), "must list at least one value")
-    check(len(set(values)) == len(values), name, list(values), "lists a value twice")
+    keys = [json.dumps(v, sort_keys=True) for v in values]
+    check(len(set(keys)) == len(keys), name, list(values), "lists a value twice")
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,8 @@ class StudyConfig:
     models: tuple[Any, ...] = ("organism",)  # names/paths, or ModelSpec mappings
     methods: tuple[str, ...] = ("none",)  # registry names, "a+b" stacks, or "module:Class"
     method_config: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> fields of its Config
-    targets: tuple[str, ...] = ("sentiment",)  # organism targets or paths to external target files
+    # organism targets, paths to data files, or {name, path} / {name, train, test} mappings (see study.feedback.catalog)
+    targets: tuple[str | dict[str, str], ...] = ("sentiment",)
     scorer: str | None = None  # for external open-ended targets: "module:function" or a reward-model folder
     budgets: tuple[int, ...] = (64,)  # feedback budget per cell, in cost units
     method_budgets: dict[str, tuple[int, ...]] = field(default_factory=dict)  # method -> its own budgets instead
@@ -83,6 +86,7 @@ class StudyConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     workers: int = 0  # local worker processes; 0: one per CPU core for organism-only studies, else 1
     threads: int = 0  # torch threads per worker (or Ray task); 0: 1 for organism studies, else the cores per worker
+    cell_timeout: float = 0.0  # seconds a cell may run before its worker is stopped and it is stored failed; 0: none
 
     def validate(self) -> None:
         check(bool(self.name.strip()), "name", self.name, "must not be empty")
@@ -110,6 +114,8 @@ class StudyConfig:
             check(bool(m.strip()) and all(p.strip() for p in m.split("+")), "methods", m, "empty method name")
         check(self.workers >= 0, "workers", self.workers, "must be >= 0 (0: automatic)")
         check(self.threads >= 0, "threads", self.threads, "must be >= 0 (0: automatic)")
+        check(self.cell_timeout >= 0 and not math.isnan(self.cell_timeout), "cell_timeout", self.cell_timeout,
+              "must be a number of seconds >= 0 (0: no limit)")
 
     def model_specs(self) -> list[ModelSpec]:
         """`models` as ModelSpecs (a string s is {name: s, path: s})."""
