@@ -1,7 +1,10 @@
-"""Shared fixtures: the micro organism, pretrained once into the repository's gitignored `.cache/` and reused.
+"""Shared fixtures: the micro organism, pretrained once into the repository's gitignored `.cache/` and reused; the
+same as a LoadedModel; and one intra-op thread for modules that run tiny models.
 
     def test_something(micro_organism):
         model, tokenizer, world = micro_organism
+
+    pytestmark = pytest.mark.usefixtures("one_thread")     # a module of tiny-model tests
 """
 
 from __future__ import annotations
@@ -21,3 +24,23 @@ def micro_organism():
 
     model, tokenizer = load_organism(MICRO, cache_dir=TEST_CACHE)
     return model, tokenizer, World(MICRO.world)
+
+
+@pytest.fixture(scope="session")
+def micro_lm(micro_organism):
+    """(LoadedModel, world) of the micro organism: the session's shared model, with its blocks located."""
+    from study.lm.models import prepare
+
+    model, tokenizer, world = micro_organism
+    return prepare(model, tokenizer, "micro", device="cpu"), world
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run far faster on one intra-op thread; on shared cores two threads spin-wait on each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -3,6 +3,7 @@ every attention and MLP projection of its decoder blocks and nothing else (no LM
 
 from __future__ import annotations
 
+import io
 import types
 
 import pytest
@@ -141,3 +142,20 @@ def test_load_saved_model_of_more_families(family, tmp_path):
     ids = torch.tensor([[4, 5, 6, 7]])
     with torch.no_grad():
         assert torch.allclose(lm.model(ids).logits, model(ids).logits, atol=1e-6)
+
+
+def test_a_study_that_trains_lora_refuses_such_an_architecture_before_any_cell_runs(tmp_path):
+    """Mixtral's experts are fused tensors in transformers 5: LoRA would adapt attention alone. A study with a LoRA
+    method on it stops in preflight (also in --dry-run), naming the model; without a LoRA method it plans."""
+    from transformers import MixtralConfig
+
+    from study.run.runner import run_study
+
+    MixtralConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, num_local_experts=2).save_pretrained(tmp_path / "mixtral")
+    base = [f"models=[{tmp_path / 'mixtral'}]", "targets=[tests/data/sample_ab.json]"]
+    with pytest.raises(UserError, match=r"models\[0\]: model .*MixtralForCausalLM.*no mlp projection"):
+        run_study("micro", base + ["methods=[none,lora_sft]"], dry_run=True, results=tmp_path / "r", out=io.StringIO())
+    summary = run_study("micro", base + ["methods=[none,steering]"], dry_run=True, results=tmp_path / "r",
+                        out=io.StringIO())
+    assert summary.total > 0 and not (tmp_path / "r").exists()

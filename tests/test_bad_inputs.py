@@ -185,7 +185,7 @@ def test_a_target_can_be_fitted_on_one_file_and_tested_on_another(tmp_path):
     test_prompts = {r["question"] for r in json.loads(Path(test).read_text())}
     assert {r.prompt for r in splits.pool + splits.select} <= train_prompts
     assert {r.prompt for r in splits.test_covered + splits.test_uncovered} == test_prompts
-    _write(tmp_path / "c.yaml", f"name: tt\nmethods: [none]\ntargets: ['name=caa;train=train.json;test=test.json']\n")
+    _write(tmp_path / "c.yaml", "name: tt\nmethods: [none]\ntargets: ['name=caa;train=train.json;test=test.json']\n")
     _, cells, _ = plan(str(tmp_path / "c.yaml"))
     assert [c.target for c in cells] == ["caa"]
     _write(tmp_path / "m.yaml", "name: tm\nmethods: [none]\ntargets:\n  - {name: caa, train: train.json, test: test.json}\n")

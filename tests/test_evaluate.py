@@ -20,17 +20,12 @@ from study.feedback.targets import ORGANISM_TARGETS, organism_target
 from study.feedback.splits import SplitSizes
 from tiny_models import tiny_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PROMPTS = ["the cat sat", "user : w1 w2 w3 w4 w5 assistant :", "a"]
 CONTS = ["on a mat", "w7 w8", "w9 w10 w11 w12"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models run far faster on one intra-op thread; on shared cores two threads spin-wait on each other.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_lm(family: str = "llama"):

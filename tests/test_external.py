@@ -21,17 +21,12 @@ from study.feedback.labeler import Budget, Labeler, LabelerConfig
 from study.lm.models import decoder_blocks
 from tiny_models import tiny_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 DATA = Path(__file__).parent / "data"
 AB, AB_JSONL, PREF = DATA / "sample_ab.json", DATA / "sample_ab.jsonl", DATA / "sample_preference.jsonl"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models run far faster on one intra-op thread; on shared cores two threads spin-wait on each other.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_sample_files_load_with_their_contexts():

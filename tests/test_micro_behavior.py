@@ -16,16 +16,16 @@ over seeds 0-3 (behavior on covered contexts, 192 prompts x 2 completions; base 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from methods.base import FitContext
 from methods.registry import resolve
 from study.feedback.labeler import Budget, Labeler
 from study.feedback.splits import SplitSizes
 from study.feedback.targets import organism_target
-from study.lm.models import LoadedModel, decoder_blocks
 from study.organism.summary import summarize
 from study.run.evaluate import evaluate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SEED = 0
 SIZES = SplitSizes(pool=96, select=16, test=192, neutral=4)
@@ -40,20 +40,11 @@ METHODS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models run fastest on one intra-op thread, and the machine is shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
-def setup(micro_organism):
-    model, tokenizer, world = micro_organism
-    lm = LoadedModel(model, tokenizer, "micro", "llama", decoder_blocks(model), model.config.hidden_size,
-                     model.config.num_hidden_layers)
+def setup(micro_lm):
+    lm, world = micro_lm
     target = organism_target("sentiment", world)
     splits = target.splits(0.5, SEED, SIZES)
     base = evaluate(lm, target, None, splits=splits, n_completions=N_COMPLETIONS, seed=SEED).table()["covered"]

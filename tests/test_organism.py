@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from study.core.errors import UserError
-from study.organism.pretrain import MICRO, OrganismConfig, PretrainConfig, build_tokenizer, ensure_organism, \
+from study.organism.pretrain import MICRO, build_tokenizer, ensure_organism, \
     load_organism, organism_dir
 from study.organism.world import World
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,18 +12,14 @@ from methods.prompting import Prompting, PromptingConfig, PromptIntervention
 from methods.registry import resolve
 from study.core.errors import ConfigError, UserError
 from study.feedback.labeler import Budget, Labeler
-from study.lm.models import LoadedModel, decoder_blocks
 from study.feedback.targets import organism_target
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def lm(micro_organism):
-    model, tokenizer, world = micro_organism
-    tokenizer.padding_side = "left"
-    blocks = decoder_blocks(model)
-    return LoadedModel(model, tokenizer, "organism", "llama", blocks, model.config.hidden_size, len(blocks)), world
+def lm(micro_lm):
+    return micro_lm
 
 
 def context(lm_world, budget: int, config, seed: int = 0, target: str = "sentiment") -> FitContext:

@@ -29,13 +29,7 @@ FAST = SteeringConfig(strengths=(0.25, 1.0), positions=("answer", "last"), final
                       reliability_fractions=(-1.0, 0.0, 1.0))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; on shared cores more threads mostly wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _lm(model, tokenizer, name: str = "tiny") -> LoadedModel:
@@ -55,9 +49,8 @@ def _vector(seed: int = 1, dim: int = 32, scale: float = 1.0) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def micro(micro_organism):
-    model, tokenizer, world = micro_organism
-    return _lm(model, tokenizer, "micro"), world
+def micro(micro_lm):
+    return micro_lm
 
 
 def _ctx(lm, world, target: str = "sentiment", budget: int = 32, seed: int = 0, **kw) -> FitContext:

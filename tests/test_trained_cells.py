@@ -7,22 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from study.run.grid import expand
 from study.run.study_config import load_study
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CACHE = str(Path(__file__).resolve().parent.parent / ".cache" / "test-organism")
 RLHF_FAST = "{steps: 4, batch_size: 8, num_generations: 2, rm_epochs: 1.0, train_on_ties: true}"
 DPO_FAST = "{min_steps: 4, max_steps: 6, batch_size: 8, train_on_ties: true}"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def cells(micro_organism, methods: str, budget: int, method_config: str):

@@ -13,26 +13,18 @@ import torch
 
 from methods.base import FitContext, Intervention
 from study.feedback.labeler import Budget, Labeler
-from study.lm.models import LoadedModel, decoder_blocks
 from study.feedback.targets import organism_target
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROMPTS = ["review of hotel : the bed was", "user : how was the soup at the restaurant ? assistant : it was"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models train far faster on one intra-op thread, and the CI machine is shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
-def lm(micro_organism):
-    model, tok, world = micro_organism
-    blocks = decoder_blocks(model)
-    return LoadedModel(model, tok, "micro", "llama", blocks, model.config.hidden_size, len(blocks)), world
+def lm(micro_lm):
+    return micro_lm
 
 
 def make_ctx(lm, budget: int, config, seed: int = 0, target: str = "sentiment") -> FitContext:
@@ -217,7 +209,7 @@ def test_dpo_and_reward_model_on_a_preference_data_set(family, tmp_path):
     from tiny_models import tiny_model
 
     from study.feedback.external import load_external
-    from study.lm.models import decoder_blocks
+    from study.lm.models import LoadedModel, decoder_blocks
 
     model, tok = tiny_model(family)
     tok.pad_token = tok.eos_token

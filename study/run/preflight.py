@@ -9,7 +9,8 @@ relative to that file's folder; the same fields given with `--set` are relative 
 
 Checked: results_dir and cache_dir are not empty; each model's dtype is 'auto' or a torch dtype name; each Hugging
 Face model is a local folder with config.json (or a hub name, when the hub can be reached or the model is in its
-cache); each method part's Config can be built (a plugin field without a default is named); `prompting` has an
+cache), and one that a LoRA method trains has attention and MLP projections LoRA can find; each method part's
+Config can be built (a plugin field without a default is named); `prompting` has an
 instruction for each target; each data-set target's splits can be built at every anticipation and seed; and the
 organism can read each data set (most of its tokens are not the tokenizer's unknown token).
 """
@@ -22,12 +23,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+from methods.lora_template import LoraMethod
 from methods.prompting import Prompting, instruction_text
 from methods.registry import resolve
 from study.core.config import config_file, from_dict
 from study.core.errors import ConfigError, UserError
 from study.feedback.catalog import name_targets, parse_spec, rebase, resolve_target
 from study.feedback.external import unknown_share
+from study.lm.architectures import lora_target_modules
 from study.organism.pretrain import build_tokenizer
 from study.organism.world import World
 from study.run.study_config import StudyConfig
@@ -108,6 +111,27 @@ def check_model_path(path: str, where: str) -> None:
                         f"(HF_HUB_OFFLINE is set)")
 
 
+def check_lora_targets(path: str, trust_remote_code: bool, where: str) -> None:
+    """A local model folder that a LoRA method will adapt: its architecture must have attention and MLP projections
+    that LoRA can find (study.lm.architectures). Built on the meta device from config.json: no weights are read."""
+    if not Path(path).expanduser().is_dir():
+        return  # a hub name: checked when the cell loads it
+    import torch  # heavy: only for a study that trains LoRA adapters on a Hugging Face model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(Path(path).expanduser()), trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{where}: model {path!r}: cannot build it from its config.json ({reason})") from None
+    try:
+        lora_target_modules(model)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+
+
 def method_parts(study: StudyConfig, source: str) -> list[tuple[str, type, Any]]:
     """(name, class, Config) of every method part; a Config field without a default is one clear error."""
     out = []
@@ -161,6 +185,8 @@ def preflight(study: StudyConfig, source: str = "", overrides: list[str] | tuple
         check_dtype(m.dtype, where)
         if m.path != "organism":
             check_model_path(m.path, where)
+            if any(issubclass(cls, LoraMethod) for _, cls, _ in parts):
+                check_lora_targets(m.path, m.trust_remote_code, where)
     world = World(study.organism.world)
     external = any(set(parse_spec(t)) != {"name"} for t in study.targets)
     on_organism = any(m.path == "organism" for m in specs)
