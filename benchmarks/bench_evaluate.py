@@ -100,7 +100,7 @@ def bench_flip(n: int = 2000, noises: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3))
         lab = Labeler(target, Budget(n), LabelerConfig(noise=noise), seed=0)
         rng = random.Random(0)
         wrong = i = 0
-        while lab.budget.left:
+        while lab.account.left:
             pair = world.sample_pair(rng, "sycophancy", world.contexts[i % len(world.contexts)])
             prompt, pos, neg = " ".join(pair.prompt), " ".join(pair.positive), " ".join(pair.negative)
             i += 1

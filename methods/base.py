@@ -41,7 +41,7 @@ class FitContext:
 
     model: LoadedModel  # .model, .tokenizer, .blocks, .hidden_size, .num_layers
     target: BehaviorTarget
-    labeler: Labeler  # the only path to ground truth; `labeler.budget` is the account every label is charged to
+    labeler: Labeler  # the only path to ground truth; `labeler.account` is the account every label is charged to
     pool: list[Record]  # feedback-pool records (prompts of the covered contexts); labels must be bought
     select: list[Record]  # select-split records for tuning; judging them costs labels too
     budget: int  # cost units this method may spend, fitting and selection together (in a stack: its share)

@@ -123,7 +123,7 @@ class Prompting:
         for record in records:
             if len(demos) == cfg.max_shots:
                 break
-            if not labeler.budget.can_afford(labeler.cost("demonstrate", record_backed=True)):
+            if not labeler.account.can_afford(labeler.cost("demonstrate", record_backed=True)):
                 break
             size = length(f"{record.prompt} {max(record.positive, record.negative, key=len)}")
             if limit is not None and used + size + longest > limit:

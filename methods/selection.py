@@ -37,7 +37,7 @@ def judge(ctx: FitContext, intervention: Intervention | None, units: int, seed: 
     random.Random(f"{ctx.seed}:select").shuffle(records)
     good = n = spent = 0.0
     for rnd in range(8):
-        left = min(units - int(spent), ctx.labeler.budget.left)
+        left = min(units - int(spent), ctx.labeler.account.left)
         if left < ctx.labeler.cost("judge"):
             break
         res = ctx.select_score(intervention, records, n_per_prompt=1, max_labels=left // ctx.labeler.cost("judge"),
@@ -52,7 +52,7 @@ def judge(ctx: FitContext, intervention: Intervention | None, units: int, seed: 
 def select_best(ctx: FitContext, candidates: list[tuple[Any, Intervention]]) -> tuple[int, list[dict]]:
     """Index of the best candidate (key, intervention) by judged share of good completions, spending what is left of
     the budget evenly across candidates; ties go to the earlier one. With one candidate or no budget: the last."""
-    left = ctx.labeler.budget.left
+    left = ctx.labeler.account.left
     k = len(candidates)
     if k == 1 or left < k * MIN_JUDGMENTS * ctx.labeler.cost("judge"):
         return k - 1, []

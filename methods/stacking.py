@@ -65,12 +65,12 @@ def fit_parts(parts: Sequence[tuple[str, type, Any]], lm: LoadedModel, target: B
     intervention (a Stacked one for several parts). The labeler's budget is shared as the module docstring says."""
     device = str(next(lm.model.parameters()).device)
     parts = [(name, cls, cfg, uses_labels(cls, cfg)) for name, cls, cfg in parts]
-    whole = labeler.budget
+    whole = labeler.account
     fitted: list[Any] = []
     for i, (name, cls, cfg, labels) in enumerate(parts):
         paying = sum(1 for part in parts[i:] if part[3])
         share = (whole.left // paying if paying else 0) if labels else 0
-        labeler.budget = whole if len(parts) == 1 else PartBudget(whole, share)
+        labeler.account = whole if len(parts) == 1 else PartBudget(whole, share)
         prior = (fitted[0] if len(fitted) == 1 else Stacked(list(fitted))) if fitted else None
 
         obj = cls(cfg)
@@ -83,5 +83,5 @@ def fit_parts(parts: Sequence[tuple[str, type, Any]], lm: LoadedModel, target: B
         with prior.active() if prior is not None else nullcontext():
             intervention = obj.fit(ctx)
         fitted.append(intervention)
-    labeler.budget = whole
+    labeler.account = whole
     return fitted[0] if len(fitted) == 1 else Stacked(fitted)

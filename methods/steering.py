@@ -129,8 +129,8 @@ class Steering:
         rng = random.Random(f"steering-{ctx.seed}")
 
         # 1. contrast pairs: `contrast_share` of what this cell (or this part of a stack) may spend
-        start = labeler.budget.spent
-        units = min(ctx.budget, labeler.budget.left)
+        start = labeler.account.spent
+        units = min(ctx.budget, labeler.account.left)
         pair_cost = labeler.cost("contrast", record_backed=True)
         n_pairs = int(units * cfg.contrast_share) // pair_cost
         if n_pairs < 2:  # too little to split: every unit on pairs, the choice left to the screen
@@ -144,7 +144,7 @@ class Steering:
             except BudgetExhausted:
                 break
         info: dict[str, Any] = {"direction": self.direction, "pairs": len(pairs),
-                                "labels_pairs": labeler.budget.spent - start}
+                                "labels_pairs": labeler.account.spent - start}
         if not pairs:  # nothing to steer with: the base model, and the record says so
             ctx.log("steering: no contrast pair affordable; the base model stands")
             return SteeringIntervention(lm.blocks, {}, 0.0, cfg.all_positions, {
@@ -181,7 +181,7 @@ class Steering:
             lambda c: _intervention(lm, vectors(c.layers, c.position), c, cfg), rng)
         info["select_seconds"] = round(time.perf_counter() - t, 3)
         best = survivors[0] if survivors else finalists[0]  # nothing judged (no label left): the screen's choice
-        labels_select = labeler.budget.spent - start - info["labels_pairs"]
+        labels_select = labeler.account.spent - start - info["labels_pairs"]
         final = vectors(best.layers, best.position)
         chosen = {**info, "layers": list(best.layers), "position": best.position, "strength": best.strength,
                   "multiplier": best.multiplier, "window": best.window,
@@ -353,10 +353,10 @@ def _successive_halving(ctx: FitContext, screen: dict[_Candidate, _Screened], un
     alive = list(screen)[: cfg.finalists]
     rounds = max(1, math.ceil(math.log2(len(alive))))
     stats: dict[_Candidate, dict[str, float]] = {}
-    start, cursor = ctx.labeler.budget.spent, 0
+    start, cursor = ctx.labeler.account.spent, 0
     survivors: list[_Candidate] = []
     for r in range(rounds):
-        left = min(ctx.labeler.budget.left, units - (ctx.labeler.budget.spent - start))
+        left = min(ctx.labeler.account.left, units - (ctx.labeler.account.spent - start))
         per = left // ((rounds - r) * len(alive))
         if per < 1 or not records:
             break

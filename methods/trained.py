@@ -87,8 +87,8 @@ def buy_comparisons(ctx: FitContext, units: int, *, temperature: float = 1.0, ma
     each record's own pair (one record = one label)."""
 
     labeler, cost = ctx.labeler, ctx.labeler.cost("compare", record_backed=ctx.target.dataset_labels)
-    start, out = labeler.budget.spent, []
-    left = lambda: units - (labeler.budget.spent - start)  # noqa: E731
+    start, out = labeler.account.spent, []
+    left = lambda: units - (labeler.account.spent - start)  # noqa: E731
     recs = _records(ctx, "compare")
     if ctx.target.dataset_labels:
         for r in recs * max_rounds:
@@ -119,9 +119,9 @@ def buy_comparisons(ctx: FitContext, units: int, *, temperature: float = 1.0, ma
 def buy_demonstrations(ctx: FitContext, units: int, max_rounds: int = 8) -> list[tuple[str, str]]:
     """Spend what `units` can pay on written demonstrations of pool prompts: (prompt, completion) pairs."""
     labeler, cost = ctx.labeler, ctx.labeler.cost("demonstrate", record_backed=True)
-    start, out = labeler.budget.spent, []
+    start, out = labeler.account.spent, []
     for r in _records(ctx, "demonstrate") * max_rounds:
-        if units - (labeler.budget.spent - start) < cost:
+        if units - (labeler.account.spent - start) < cost:
             break
         if labeler.is_cached("demonstrate", r.prompt, r.positive, r.negative):
             continue

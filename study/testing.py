@@ -6,7 +6,7 @@ from its cache in about a second afterwards, so a plugin's tests can fit the met
     from study.testing import micro_context
     ctx = micro_context(MyConfig(), target="sentiment", budget=16)
     intervention = MyMethod(ctx.config).fit(ctx)
-    assert ctx.labeler.budget.spent <= 16
+    assert ctx.labeler.account.spent <= 16
 """
 
 from __future__ import annotations

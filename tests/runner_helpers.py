@@ -32,14 +32,14 @@ class Spender:
         self.config = config or SpenderConfig()
 
     def fit(self, ctx: FitContext) -> Intervention:
-        start = ctx.labeler.budget.spent
+        start = ctx.labeler.account.spent
         cost = ctx.labeler.cost("judge")
         i = 0
-        while ctx.labeler.budget.can_afford(cost) and ctx.labeler.budget.spent - start < self.config.max_units:
+        while ctx.labeler.account.can_afford(cost) and ctx.labeler.account.spent - start < self.config.max_units:
             ctx.labeler.judge(ctx.pool[i % len(ctx.pool)].prompt, f"completion {i}")
             i += 1
         out = Intervention()
-        out.chosen = {"budget": ctx.budget, "spent": ctx.labeler.budget.spent - start, "prior": ctx.prior is not None}
+        out.chosen = {"budget": ctx.budget, "spent": ctx.labeler.account.spent - start, "prior": ctx.prior is not None}
         return out
 
 

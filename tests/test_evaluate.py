@@ -147,14 +147,14 @@ def test_select_score_buys_judgments_and_refuses_beyond_the_budget(micro_organis
     select = target.splits(1.0, seed=0, sizes=SIZES).select
     labeler = Labeler(target, Budget(40), LabelerConfig(), seed=0)
     out = select_score(model, tokenizer, target, labeler, select, Intervention(), n_per_prompt=2, max_labels=20)
-    assert out["n"] == 20 and 0 < out["labels"] <= 20 and labeler.budget.counts["judge"] == out["labels"]
+    assert out["n"] == 20 and 0 < out["labels"] <= 20 and labeler.account.counts["judge"] == out["labels"]
     assert 0.0 <= out["fluency"] <= 1.0
-    spent = labeler.budget.spent
+    spent = labeler.account.spent
     again = select_score(model, tokenizer, target, labeler, select, Intervention(), n_per_prompt=2, max_labels=20)
-    assert again["labels"] == 0 and labeler.budget.spent == spent  # identical judgments are not paid twice
+    assert again["labels"] == 0 and labeler.account.spent == spent  # identical judgments are not paid twice
     with pytest.raises(BudgetExhausted):
         select_score(model, tokenizer, target, labeler, select, Intervention(), n_per_prompt=4, seed=1)
-    assert labeler.budget.spent == spent  # refused up front: nothing charged
+    assert labeler.account.spent == spent  # refused up front: nothing charged
 
 
 def test_study_evaluate_prints_every_split_as_json(micro_organism):

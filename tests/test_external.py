@@ -142,7 +142,7 @@ def test_external_labels_cost_one_unit_per_record_and_need_a_scorer_beyond_the_d
     lab = Labeler(target, Budget(10), LabelerConfig(), seed=0)
     assert lab.demonstrate(r) == r.positive and lab.contrast(r).negative == r.negative
     assert lab.compare(r.prompt, r.negative, r.positive).chosen == r.positive
-    assert lab.budget.spent == 3  # one record = one unit, whatever the kind
+    assert lab.account.spent == 3  # one record = one unit, whatever the kind
     with pytest.raises(UserError, match="no scorer"):
         lab.compare(r.prompt, "something else", r.positive)
     with pytest.raises(UserError, match="no proxy"):

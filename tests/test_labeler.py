@@ -66,7 +66,7 @@ def test_compare_order_does_not_matter_and_answers_are_seeded():
     a = Labeler(SENT, Budget(10), LabelerConfig(noise=0.3), seed=5)
     c1 = a.compare(r.prompt, r.positive, r.negative)
     c2 = a.compare(r.prompt, r.negative, r.positive)
-    assert c1.chosen == c2.chosen and a.budget.spent == 1 and c1.a_preferred != c2.a_preferred
+    assert c1.chosen == c2.chosen and a.account.spent == 1 and c1.a_preferred != c2.a_preferred
     # a fresh labeler with the same seed answers the same, whatever order the questions come in
     answers = {i: Labeler(SENT, Budget(100), LabelerConfig(noise=0.3), seed=5).compare(
         POOL[i].prompt, POOL[i].positive, POOL[i].negative).chosen for i in range(10)}
@@ -85,8 +85,8 @@ def test_clean_labeler_tells_the_truth():
         assert (pair.positive, pair.negative) == (r.positive, r.negative)
         assert lab.demonstrate(r) == r.positive
     judged = {(r.prompt, c) for r in POOL[:20] for c in (r.positive, r.negative, "bed the was")}
-    assert lab.budget.counts == {"compare": 20, "judge": len(judged), "contrast": 20, "demonstrate": 20}
-    assert lab.budget.spent == 20 + len(judged) + 40 + 80
+    assert lab.account.counts == {"compare": 20, "judge": len(judged), "contrast": 20, "demonstrate": 20}
+    assert lab.account.spent == 20 + len(judged) + 40 + 80
     # a readable completion beats an unreadable one
     assert lab.compare(POOL[0].prompt, "bed bed", POOL[0].negative).chosen == POOL[0].negative
 
@@ -111,7 +111,7 @@ def flip_rate(noise: float, n: int = 2000, seed: int = 0) -> float:
     lab = Labeler(SYC, Budget(n), LabelerConfig(noise=noise), seed=seed)
     rng = random.Random(seed)
     wrong = i = 0
-    while lab.budget.left:
+    while lab.account.left:
         pair = WORLD.sample_pair(rng, "sycophancy", WORLD.contexts[i % len(WORLD.contexts)])
         prompt, pos, neg = " ".join(pair.prompt), " ".join(pair.positive), " ".join(pair.negative)
         i += 1

@@ -50,7 +50,7 @@ def test_micro_context_fits_the_guide_example_within_its_budget_and_the_hook_is_
     ctx = micro_context(example.LogitBiasConfig(), target="sentiment", budget=16, seed=0, cache_dir=TEST_CACHE)
     assert isinstance(ctx.model, LoadedModel) and ctx.budget == 16 and ctx.pool and ctx.select
     iv = example.LogitBias(ctx.config).fit(ctx)
-    assert ctx.labeler.budget.spent <= 16 and iv.chosen["pairs"] == 4  # half the budget, 2 units a pair
+    assert ctx.labeler.account.spent <= 16 and iv.chosen["pairs"] == 4  # half the budget, 2 units a pair
     model, tok = ctx.model.model, ctx.model.tokenizer
     batch = tok(["review of hotel : the bed was"], return_tensors="pt")
     with torch.no_grad():
@@ -69,12 +69,12 @@ def test_select_score_charges_one_unit_per_new_judgment_and_nothing_when_it_cann
 
     ctx = micro_context(None, budget=6, cache_dir=TEST_CACHE)
     r = ctx.select_score(Intervention(), max_labels=4)
-    assert r["labels"] == 4 == ctx.labeler.budget.spent and r["n"] == 4
+    assert r["labels"] == 4 == ctx.labeler.account.spent and r["n"] == 4
     assert 0.0 <= r["fluency"] <= 1.0 and (math.isnan(r["behavior"]) or 0.0 <= r["behavior"] <= 1.0)
     assert ctx.select_score(Intervention(), max_labels=4)["labels"] == 0  # the same questions again: free
     with pytest.raises(BudgetExhausted):
         ctx.select_score(Intervention(), max_labels=4, seed=1)  # 4 new judgments, 2 units left
-    assert ctx.labeler.budget.spent == 4
+    assert ctx.labeler.account.spent == 4
 
 
 def test_an_intervention_without_super_init_fails_as_the_guide_warns():

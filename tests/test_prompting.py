@@ -35,7 +35,7 @@ def test_instruction_only_costs_nothing_and_uses_the_worlds_instruction(lm):
     ctx = context(lm, 64, PromptingConfig(max_shots=0))
     iv = Prompting(PromptingConfig(max_shots=0)).fit(ctx)
     assert iv.prompt("review of hotel : the bed was") == "system : be positive . review of hotel : the bed was"
-    assert ctx.labeler.budget.spent == 0 and iv.chosen == {"instruction": True, "shots": 0}
+    assert ctx.labeler.account.spent == 0 and iv.chosen == {"instruction": True, "shots": 0}
     syc = context(lm, 0, PromptingConfig(), target="sycophancy")
     assert Prompting().fit(syc).prompt("x").startswith("system : be honest .")
 
@@ -44,7 +44,7 @@ def test_few_shot_demonstrations_are_bought_from_the_budget(lm):
     ctx = context(lm, 9, PromptingConfig(max_shots=3))
     iv = Prompting(PromptingConfig(max_shots=3)).fit(ctx)
     # a demonstration costs 4: a budget of 9 buys two; the model's 96-token context would hold them
-    assert ctx.labeler.budget.counts == {"demonstrate": 2} and ctx.labeler.budget.spent == 8
+    assert ctx.labeler.account.counts == {"demonstrate": 2} and ctx.labeler.account.spent == 8
     assert iv.chosen["shots"] == 2
     prefix = iv.prompt("PROMPT")
     assert prefix.startswith("system : be positive .") and prefix.endswith(" PROMPT")
@@ -53,7 +53,7 @@ def test_few_shot_demonstrations_are_bought_from_the_budget(lm):
     assert all(r.context in ctx.target.splits(0.5, 0).covered for r in demos)
     # budget 3 buys none: the instruction alone
     poor = context(lm, 3, PromptingConfig(max_shots=3))
-    assert Prompting(PromptingConfig(max_shots=3)).fit(poor).chosen["shots"] == 0 and poor.labeler.budget.spent == 0
+    assert Prompting(PromptingConfig(max_shots=3)).fit(poor).chosen["shots"] == 0 and poor.labeler.account.spent == 0
 
 
 def test_few_shot_never_overflows_the_models_context(lm):
@@ -95,8 +95,8 @@ def test_guide_example_method_adds_exactly_its_bias_to_the_logits_and_removes_it
     cls = resolve("docs.examples.logit_bias:LogitBias")
     ctx = context(lm, 16, cls.Config())
     iv = cls(cls.Config()).fit(ctx)
-    assert iv.chosen["pairs"] == 4 and ctx.labeler.budget.counts["contrast"] == 4  # half the budget, 2 per pair
-    assert ctx.labeler.budget.spent <= 16 and iv.chosen["strength"] in cls.Config().strengths
+    assert iv.chosen["pairs"] == 4 and ctx.labeler.account.counts["contrast"] == 4  # half the budget, 2 per pair
+    assert ctx.labeler.account.spent <= 16 and iv.chosen["strength"] in cls.Config().strengths
     model, tok = lm[0].model, lm[0].tokenizer
     batch = tok(["review of hotel : the bed was"], return_tensors="pt")
     with torch.no_grad():

@@ -290,7 +290,7 @@ def test_fit_counts_every_label_and_stores_its_choices(micro, method):
     before = _hooks(lm.blocks)
     iv = method(method.Config(**dataclasses.asdict(FAST))).fit(ctx)
     c = iv.chosen
-    budget = ctx.labeler.budget
+    budget = ctx.labeler.account
     assert budget.spent <= 32 and c["labels_spent"] == budget.spent
     assert c["pairs"] == 8 and c["labels_pairs"] == 16 == budget.costs["contrast"]  # half of 32 at 2 per pair
     assert c["labels_select"] == budget.costs.get("judge", 0) > 0
@@ -310,11 +310,11 @@ def test_tiny_budgets(micro):
     lm, world = micro
     ctx = _ctx(lm, world, budget=1)  # not even one pair: the base model, honestly
     iv = Steering(FAST).fit(ctx)
-    assert iv.chosen["pairs"] == 0 and iv.multiplier == 0.0 and ctx.labeler.budget.spent == 0
+    assert iv.chosen["pairs"] == 0 and iv.multiplier == 0.0 and ctx.labeler.account.spent == 0
     ctx = _ctx(lm, world, budget=5)  # two pairs and nothing to judge with: the screen decides
     iv = Steering(FAST).fit(ctx)
     assert iv.chosen["pairs"] == 2 and iv.chosen["labels_select"] == 0 and iv.chosen["candidates_judged"] == 0
-    assert ctx.labeler.budget.spent == 4
+    assert ctx.labeler.account.spent == 4
 
 
 def test_several_layers_steer_together(micro):
@@ -345,7 +345,7 @@ def test_selection_keeps_the_best_judged_candidate(micro):
 
     def judge(intervention, records, seed):
         calls.append((intervention.multiplier, len(records)))
-        ctx.labeler.budget.charge(len(records), "judge")
+        ctx.labeler.account.charge(len(records), "judge")
         return {"behavior": 1.0 / (1.0 + intervention.multiplier), "fluency": 1.0, "labels": len(records),
                 "n": len(records)}
 
@@ -357,7 +357,7 @@ def test_selection_keeps_the_best_judged_candidate(micro):
     assert len(judged) == 4 and iv.chosen["candidates_judged"] == 4
     assert iv.multiplier == judged[0]
     assert [n for _, n in calls] == [4, 4, 4, 4, 8, 8]  # 32 units: 4 x 4 in round 1, 2 x 8 in round 2
-    assert ctx.labeler.budget.spent == 64 == iv.chosen["labels_spent"]
+    assert ctx.labeler.account.spent == 64 == iv.chosen["labels_spent"]
 
 
 # ---- evaluation: reliability and stacking ------------------------------------------------------------------------

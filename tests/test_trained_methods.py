@@ -94,9 +94,9 @@ def test_trained_method_adapter(lm, tmp_path, name, budget, config, trainer):
     # TRL's trainer did the training, and it is recorded with the cell
     assert iv.chosen["trainer"] == f"trl.{trainer}"
     # every unit of the budget bought a label, and no more (at 40 the selection share is too small to use)
-    assert ctx.labeler.budget.spent == budget
+    assert ctx.labeler.account.spent == budget
     kind = "demonstrate" if name == "lora_sft" else "compare"
-    assert ctx.labeler.budget.counts == {kind: budget // ctx.labeler.cost(kind)}
+    assert ctx.labeler.account.counts == {kind: budget // ctx.labeler.cost(kind)}
     assert iv.chosen["selection"] == []
     # the adapter trained: LoRA's B matrices start at zero
     lora_b = [v for k, v in iv.state.items() if "lora_B" in k]
@@ -120,11 +120,11 @@ def test_trained_method_adapter(lm, tmp_path, name, budget, config, trainer):
 
 def test_selection_spends_the_rest_of_the_budget(lm):
     iv, ctx = fit("dpo", lm, 128, **FAST)
-    assert ctx.labeler.budget.spent == 128
-    assert ctx.labeler.budget.counts["compare"] == 96  # 25% kept for selection: 4 snapshots x 8 judgments
+    assert ctx.labeler.account.spent == 128
+    assert ctx.labeler.account.counts["compare"] == 96  # 25% kept for selection: 4 snapshots x 8 judgments
     table = iv.chosen["selection"]
     assert [row["candidate"] for row in table] == [2, 3, 4, 6]  # snapshots at 1/4, 1/2, 3/4 and all of the run
-    assert sum(row["labels"] for row in table) == ctx.labeler.budget.counts["judge"] == 32
+    assert sum(row["labels"] for row in table) == ctx.labeler.account.counts["judge"] == 32
     assert iv.chosen["steps"] in (2, 3, 4, 6)
 
 
@@ -146,7 +146,7 @@ def test_best_of_n_keeps_the_reward_models_favourite(lm, tmp_path):
 
     before = base_outputs(lm)
     iv, ctx = fit("bon", lm, 32, n=4, rm_epochs=1.0, train_on_ties=True)
-    assert ctx.labeler.budget.spent == 32 and ctx.labeler.budget.counts == {"compare": 32}
+    assert ctx.labeler.account.spent == 32 and ctx.labeler.account.counts == {"compare": 32}
     tok, model = lm[0].tokenizer, lm[0].model
     with iv, iv.active():  # nested: generate is wrapped once, and unwrapped when the outer block exits
         picked = sample(model, tok, PROMPTS, n=2, max_new_tokens=10, seed=3)
@@ -172,7 +172,7 @@ def test_no_decisive_comparison_returns_the_base_model(lm, monkeypatch):
     monkeypatch.setattr(Labeler, "_compare", lambda self, rng, prompt, a, b: (rng.random() < 0.5, True))  # all ties
     iv, ctx = fit("dpo", lm, 8, min_steps=2, max_steps=2)
     assert type(iv) is Intervention and iv.chosen["pairs_trained"] == 0
-    assert ctx.labeler.budget.spent == 8
+    assert ctx.labeler.account.spent == 8
 
 
 def test_split_budget_rule():
@@ -231,7 +231,7 @@ def test_dpo_and_reward_model_on_a_preference_data_set(family, tmp_path):
         with torch.no_grad():
             before = model(input_ids=ids).logits
         iv = cls(cfg).fit(ctx)
-        assert labeler.budget.counts == {"compare": n}  # each record's pair once, at one unit each
+        assert labeler.account.counts == {"compare": n}  # each record's pair once, at one unit each
         with torch.no_grad():
             assert torch.equal(model(input_ids=ids).logits, before)
         if name == "dpo":

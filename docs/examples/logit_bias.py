@@ -86,10 +86,10 @@ class LogitBias:
         vocab = lm.model.get_output_embeddings().weight.shape[0]
         counts = torch.zeros(vocab)
         pair_units, pairs = int(ctx.budget * cfg.pair_share), 0
-        start = labeler.budget.spent
+        start = labeler.account.spent
         for record in ctx.pool:  # 1. buy contrast pairs with the first share of the budget
             cost = labeler.cost("contrast", record_backed=True)
-            if labeler.budget.spent - start + cost > pair_units or not labeler.budget.can_afford(cost):
+            if labeler.account.spent - start + cost > pair_units or not labeler.account.can_afford(cost):
                 break
             pair = labeler.contrast(record)
             for text, sign in ((pair.positive, 1.0), (pair.negative, -1.0)):
@@ -103,7 +103,7 @@ class LogitBias:
         bias = counts / pairs
         # 2. pick the strength on the select split, with the rest of the budget split between the candidates
         best, best_score = cfg.strengths[0], -math.inf
-        per = labeler.budget.left // len(cfg.strengths)
+        per = labeler.account.left // len(cfg.strengths)
         for strength in cfg.strengths:
             if per < 1:
                 break

@@ -46,10 +46,10 @@ def judged_score(model: Any, tokenizer: Any, target: BehaviorTarget, labeler: La
                      max_new_tokens=max_new_tokens or target.max_new_tokens, seed=seed, batch_size=batch_size)
     queries = list(dict.fromkeys((r.prompt, c) for r, cs in zip(recs, comps) for c in cs))
     need = sum(labeler.cost("judge") for p, c in queries if not labeler.is_cached("judge", p, c))
-    if need > labeler.budget.left:
-        raise BudgetExhausted(f"judged_score: {need} judgment unit(s) needed, {labeler.budget.left} left")
-    before = labeler.budget.spent
+    if need > labeler.account.left:
+        raise BudgetExhausted(f"judged_score: {need} judgment unit(s) needed, {labeler.account.left} left")
+    before = labeler.account.spent
     ratings = [labeler.judge(r.prompt, c) for r, cs in zip(recs, comps) for c in cs]
     readable = [x for x in ratings if x is not None]
     return {"behavior": _mean(readable), "fluency": len(readable) / len(ratings),
-            "labels": labeler.budget.spent - before, "n": len(ratings)}
+            "labels": labeler.account.spent - before, "n": len(ratings)}

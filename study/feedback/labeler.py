@@ -114,9 +114,9 @@ def _text(prompt: Any) -> str:
 
 
 class Labeler:
-    def __init__(self, target, budget: Budget, config: LabelerConfig | None = None, seed: int = 0):
+    def __init__(self, target, account: Budget, config: LabelerConfig | None = None, seed: int = 0):
         self.target = target
-        self.budget = budget
+        self.account = account  # every label is charged here (a cell's Budget, or a stacked part's share of it)
         self.config = config = config or LabelerConfig()
         config.validate()
         self.seed = seed
@@ -159,6 +159,11 @@ class Labeler:
             return 1  # one record of a data set = one label
         return getattr(self.config, f"{kind}_cost")
 
+    @property
+    def budget(self) -> Budget:
+        """The earlier name of `account`, kept for methods written against the earlier guide."""
+        return self.account
+
     def is_cached(self, kind: str, prompt: Any, *args: str) -> bool:
         """Whether this query was answered already (and is therefore free). `args`: the completions (compare,
         judge) or the record's positive and negative (contrast, demonstrate)."""
@@ -174,12 +179,12 @@ class Labeler:
         if key in self._cache:
             return self._cache[key]
         cost = self.cost(kind, record_backed)
-        if not self.budget.can_afford(cost):
-            raise BudgetExhausted(f"a {kind} costs {cost} unit(s) but only {self.budget.left} of "
-                                  f"{self.budget.total} are left")
+        if not self.account.can_afford(cost):
+            raise BudgetExhausted(f"a {kind} costs {cost} unit(s) but only {self.account.left} of "
+                                  f"{self.account.total} are left")
         digest = hashlib.blake2b(repr((self.seed, key)).encode(), digest_size=8).digest()
         value = compute(random.Random(int.from_bytes(digest, "big")))
-        self.budget.charge(cost, kind)
+        self.account.charge(cost, kind)
         self._cache[key] = value
         return value
 

@@ -6,8 +6,9 @@ Both report what happens as events to one callback, for the progress display:
     ("stage", run_id, text)                  the cell moved to a new stage ("fitting prompting", "evaluating: ...")
     ("done", run_id, status, error, seconds) the cell is stored, status "ok" or "failed"
 
-**Local**: N worker processes (spawned, so no state leaks from the parent), each with 1/N of the CPU cores as torch
-threads. The parent hands one cell at a time to each worker over its own pipe, so it always knows which cell a worker
+**Local**: N worker processes (spawned, so no state leaks from the parent), each with `threads` torch threads (the
+runner passes 1 for organism studies, whose small model runs fastest on one thread; otherwise the cores divided
+between the workers). Cells that share a drift baseline (`drift_key`) go to the same worker where possible. The parent hands one cell at a time to each worker over its own pipe, so it always knows which cell a worker
 holds. No cell blocks the study: a worker that dies (out of memory, a segfault, SIGKILL) has its cell stored as failed
 ("WorkerDied: ..."), one whose cell runs past `cell_timeout` seconds (counted from the cell's start, not the worker's)
 is killed and its cell stored as failed ("CellTimeout: timed out after N s"), and either is replaced by a fresh worker.
@@ -18,7 +19,8 @@ offers it, a watchdog thread everywhere).
 
 **Ray**: each cell is a Ray task (`num_cpus` = torch threads per cell) on the cluster at `address`, or on a local Ray
 instance started for the run. A task returns its record and samples and the driver writes them, so the workers need
-no shared filesystem (but they do need the organism cache, which `ensure` fills on the driver's machine). A task past
+no shared filesystem (but they do need the organism cache, which the runner fills on the driver's machine before
+any task starts). A task past
 `cell_timeout` (from its "start" event) is cancelled with force, which kills its worker process; a task whose worker
 dies fails the cell. A task whose cell asks to retire its worker cannot end that process from inside (Ray reuses
 task workers): its drift baselines are dropped (run_cell does that), but a broken CUDA context stays with that Ray
