@@ -1,21 +1,28 @@
-"""Seed aggregation with bootstrap 95% CIs, and the study's derived metrics, all from the tidy results table.
+"""Aggregation over replicates with t intervals, and the study's derived metrics, all from the tidy results table.
 
-Every CI is a percentile bootstrap over seeds (the independent replicate of a cell), seeded and deterministic; `n`
-(seeds) is always reported and n=1 is flagged (its CI collapses to the value). Gains are paired by seed against the
-base model (method "none") with the same model, target, anticipation, labeler settings and seed.
+Every CI is a 95% t interval over the replicates of a cell (`analysis.stats`): seeds, or organism draws (each draw's
+mean over its seeds) where the table was pooled over several draws of one organism config (`pool_draws`). A derived
+metric (a ratio, a slope, a crossing point) gets the jackknife standard error over the same units. `n` is always the
+number of replicates (organisms x seeds) and n=1 is flagged (its CI collapses to the value). Gains are paired by
+replicate against the base model (method "none") with the same model, target, anticipation, labeler settings, draw
+and seed.
 
-    agg = aggregate(load_table("results/default"))
-    cost = cost_to_threshold(table, threshold=0.8)   # smallest budget whose mean behavior reaches 0.8
+    t = pool_draws(results.table, results.draws())
+    agg = aggregate(t)
+    cost = cost_to_threshold(t, threshold=0.8)   # budget where mean behavior crosses 0.8, interpolated in log budget
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
 
+from analysis.stats import Stat, jackknife_ci, t_crit
+from analysis.prepare import (behavior_measures, missing_splits, pool_draws, with_fluent_desired,  # noqa: F401
+                              with_model_id)
 from analysis.table import BASE_METHOD
 
 # `model_id` (the model's identity) is what keeps two models apart; `model`, its one-to-one label, rides along.
@@ -24,49 +31,8 @@ CONFIG_KEYS = ["model", "model_id", "method", "target", "target_version", "antic
 # What a base ("none") row must share with a method row to be its baseline (plus the seed); budget is ignored.
 MATCH_KEYS = ["model", "model_id", "target", "target_version", "anticipation", "labeler_noise", "labeler_misspec"]
 DIALS = ("anticipation", "labeler_noise", "labeler_misspec")
-N_BOOT = 1000
-Stat = Callable[[dict[str, np.ndarray]], np.ndarray]
-
-
-def with_model_id(frame: pd.DataFrame) -> pd.DataFrame:
-    """`frame` with a `model_id` column: a hand-built table without one is taken to name each model once."""
-    return frame if "model_id" in frame or "model" not in frame else frame.assign(model_id=frame["model"])
-
-
-def behavior_measures(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[tuple[str, str], str]]:
-    """The table with a `behavior` row beside every `ab_propensity` row of a (model, target) that has no `behavior`
-    rows (an A/B data set evaluated by propensity alone), and the measure each (model, target) reads as behavior."""
-    table = with_model_id(table)
-    measures: dict[tuple[str, str], str] = {}
-    copies = []
-    for (model, target), grp in table.groupby(["model", "target"], sort=True):
-        metrics = set(grp["metric"])
-        if "behavior" in metrics:
-            measures[(model, target)] = "behavior"
-        elif "ab_propensity" in metrics:
-            measures[(model, target)] = "ab_propensity"
-            copies.append(grp[grp["metric"] == "ab_propensity"].assign(metric="behavior"))
-    if copies:
-        table = pd.concat([table, *copies], ignore_index=True)
-    return table, measures
-
-
-def missing_splits(table: pd.DataFrame) -> dict[tuple[str, str], tuple[str, str]]:
-    """(split, why) for each (model, target) with behavior rows but none on uncovered (or covered) contexts."""
-    beh = table[table["metric"] == "behavior"]
-    out: dict[tuple[str, str], tuple[str, str]] = {}
-    for (model, target), grp in beh.groupby(["model", "target"], sort=True):
-        splits = set(grp["split"])
-        if "uncovered" not in splits:
-            if (grp["anticipation"] < 1.0).any():
-                why = ("no uncovered split: anticipation has no effect, because every record of this target is in one "
-                       "context, which the feedback covers at every anticipation; only covered contexts are reported")
-            else:
-                why = "no uncovered split: anticipation 1 covers every context; only covered contexts are reported"
-            out[(model, target)] = ("uncovered", why)
-        elif "covered" not in splits:
-            out[(model, target)] = ("covered", "no covered split: anticipation 0 leaves every context uncovered")
-    return out
+# A replicate: one seed of one organism draw (draw 0 where the table was not pooled over draws).
+REPLICATE = ["draw", "seed"]
 
 
 def method_order(methods: Iterable[str]) -> list[str]:
@@ -75,75 +41,58 @@ def method_order(methods: Iterable[str]) -> list[str]:
     return ([BASE_METHOD] if BASE_METHOD in uniq else []) + [m for m in uniq if m != BASE_METHOD]
 
 
-def boot_weights(n: int, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
-    """(n_boot, n) resampling counts. Seeded by (seed, n) only, so a group's CI does not depend on other groups."""
-    rng = np.random.default_rng([seed, n])
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+def units(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """The replicate unit of each row within its group of `keys`: the organism draw where the group holds several
+    draws (a random effect: its seeds are averaged first), else the seed."""
+    if frame.empty:
+        return pd.Series([], dtype=np.int64, index=frame.index)
+    draws = frame.groupby(keys, sort=False, dropna=False)["draw"].transform("nunique").to_numpy()
+    return pd.Series(np.where(draws > 1, frame["draw"].to_numpy(), frame["seed"].to_numpy()), index=frame.index)
 
 
-def _quantiles(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows (undefined stat) stay NaN
-        lo, hi = np.nanquantile(draws, [0.025, 0.975], axis=-1)
-    return lo, hi
+def replicate_ci(frame: pd.DataFrame, keys: list[str], cols: list[str], stats: dict[str, Stat]) -> pd.DataFrame:
+    """A t interval per group of `keys` for each stat, a function of the unit means of `cols` (jackknife SE).
 
-
-def seed_bootstrap(frame: pd.DataFrame, keys: list[str], cols: list[str], stats: dict[str, Stat],
-                   n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
-    """Bootstrap over seeds, per group of `keys`: each stat is a function of the seed-means of `cols`.
-
-    `frame` has one row per (keys, seed) (repeats are averaged). NaN entries are left out of that column's mean only.
-    Returns the keys, and for each stat `name`, `name_lo`, `name_hi`; plus `n` (seeds with a value) and
-    `single_seed`.
+    `frame` has `draw` and `seed` columns (repeats of a replicate are averaged; NaN entries are left out of that
+    column's mean only). Returns the keys, and for each stat `name`, `name_lo`, `name_hi`; plus `n` (replicates,
+    organisms x seeds, with a value) and `single_seed` (n = 1: the CI collapses to the value).
     """
     out_cols = [c for s in stats for c in (s, f"{s}_lo", f"{s}_hi")]
     if frame.empty:
         return pd.DataFrame(columns=keys + out_cols + ["n", "single_seed"])
-    f = frame.groupby(keys + ["seed"], sort=True, dropna=False)[cols].mean().reset_index()
+    frame = with_model_id(frame)
+    reps = frame.groupby(keys + ["draw", "seed"], sort=True, dropna=False)[cols].mean()
+    n_reps = reps.notna().any(axis=1).groupby(level=list(range(len(keys))), sort=True, dropna=False).sum()
+    f = frame.assign(unit=units(frame, keys)).groupby(keys + ["unit"], sort=True, dropna=False)[cols].mean()
+    f = f.reset_index()
     sizes = f.groupby(keys, sort=True, dropna=False).size()
     n_arr = sizes.to_numpy()
     starts = np.concatenate([[0], np.cumsum(n_arr)[:-1]])
     values = {c: f[c].to_numpy(dtype=np.float64) for c in cols}
     result = {c: np.full(len(n_arr), np.nan) for c in out_cols}
-    n_seeds = np.zeros(len(n_arr), dtype=np.int64)  # seeds with a value, which is what a CI rests on
-    with np.errstate(all="ignore"):
-        for n in np.unique(n_arr):
-            g = np.flatnonzero(n_arr == n)
-            idx = starts[g][:, None] + np.arange(n)
-            weights = boot_weights(int(n), n_boot, seed)
-            point, draws = {}, {}
-            any_value = np.zeros(idx.shape, dtype=bool)
-            for c in cols:
-                x = values[c][idx]
-                have = ~np.isnan(x)
-                any_value |= have
-                x0 = np.where(have, x, 0.0)
-                point[c] = x0.sum(1) / have.sum(1)
-                draws[c] = (x0 @ weights.T) / (have.astype(np.float64) @ weights.T)
-            n_seeds[g] = any_value.sum(1)
-            for name, fn in stats.items():
-                est = fn(point)
-                lo, hi = _quantiles(fn(draws))
-                undefined = np.isnan(est)
-                result[name][g] = est
-                result[f"{name}_lo"][g] = np.where(undefined, np.nan, lo)
-                result[f"{name}_hi"][g] = np.where(undefined, np.nan, hi)
+    for n in np.unique(n_arr):
+        g = np.flatnonzero(n_arr == n)
+        idx = starts[g][:, None] + np.arange(n)
+        x = {c: values[c][idx] for c in cols}
+        for name, fn in stats.items():
+            est, lo, hi, _ = jackknife_ci(x, fn)
+            result[name][g], result[f"{name}_lo"][g], result[f"{name}_hi"][g] = est, lo, hi
     out = sizes.index.to_frame(index=False)
     for c in out_cols:
         out[c] = result[c]
-    out["n"] = n_seeds
+    out["n"] = n_reps.to_numpy().astype(np.int64)
     out["single_seed"] = out["n"] == 1
     return out
 
 
-def aggregate(table: pd.DataFrame, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
-    """Mean over seeds of every (config, split, metric), with its bootstrap 95% CI and n.
+def aggregate(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean over replicates of every (config, split, metric), with its 95% t interval and n.
 
     Columns: CONFIG_KEYS, split, metric, mean, ci_lo, ci_hi, n, single_seed, feedback_cost, labels_used, samples.
     """
     table = with_model_id(table)
     keys = CONFIG_KEYS + ["split", "metric"]
-    agg = seed_bootstrap(table, keys, ["value"], {"mean": lambda m: m["value"]}, n_boot, seed)
+    agg = replicate_ci(table, keys, ["value"], {"mean": lambda m: m["value"]})
     agg = agg.rename(columns={"mean_lo": "ci_lo", "mean_hi": "ci_hi"})
     extra = table.groupby(keys, sort=True).agg(feedback_cost=("feedback_cost", "mean"),
                                               labels_used=("labels_used", "mean"), samples=("n", "sum"))
@@ -151,10 +100,11 @@ def aggregate(table: pd.DataFrame, n_boot: int = N_BOOT, seed: int = 0) -> pd.Da
 
 
 def with_base(table: pd.DataFrame, metric: str = "behavior") -> pd.DataFrame:
-    """Rows of `metric` for every method but the base, with the seed-matched base value and `gain` (NaN if no base)."""
+    """Rows of `metric` for every method but the base, with the replicate-matched base value and `gain` (NaN if no
+    base)."""
     table = with_model_id(table)
     rows = table[table["metric"] == metric]
-    on = MATCH_KEYS + ["seed", "split"]
+    on = MATCH_KEYS + REPLICATE + ["split"]
     base = rows[rows["method"] == BASE_METHOD].groupby(on, sort=True)["value"].mean().rename("base").reset_index()
     out = rows[rows["method"] != BASE_METHOD].merge(base, on=on, how="left")
     out["gain"] = out["value"] - out["base"]
@@ -162,41 +112,74 @@ def with_base(table: pd.DataFrame, metric: str = "behavior") -> pd.DataFrame:
 
 
 def missing_base(table: pd.DataFrame) -> pd.DataFrame:
-    """Configurations (MATCH_KEYS + method) with behavior rows but no base-model cell of the same seed."""
+    """Configurations (MATCH_KEYS + method) with behavior rows but no base-model cell of the same replicate."""
     table = with_model_id(table)
     rows = table[table["metric"] == "behavior"]
-    on = MATCH_KEYS + ["seed"]
+    on = MATCH_KEYS + REPLICATE
     base = rows.loc[rows["method"] == BASE_METHOD, on].drop_duplicates()
     m = rows[rows["method"] != BASE_METHOD].merge(base, on=on, how="left", indicator=True)
     miss = m.loc[m["_merge"] == "left_only", MATCH_KEYS + ["method"]].drop_duplicates()
     return miss.sort_values(MATCH_KEYS + ["method"]).reset_index(drop=True)
 
 
-def gains(table: pd.DataFrame, metric: str = "behavior", n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
-    """Mean gain over the base model per (config, split), paired by seed, with CI."""
+def gains(table: pd.DataFrame, metric: str = "behavior") -> pd.DataFrame:
+    """Mean gain over the base model per (config, split), paired by replicate, with CI."""
     b = with_base(table, metric)
-    return seed_bootstrap(b, CONFIG_KEYS + ["split"], ["gain"], {"gain": lambda m: m["gain"]}, n_boot, seed)
+    return replicate_ci(b, CONFIG_KEYS + ["split"], ["gain"], {"gain": lambda m: m["gain"]})
 
 
 def _groups(frame: pd.DataFrame, keys: list[str]) -> list[tuple[tuple, dict[str, np.ndarray]]]:
-    """(key, {column: values}) per group, in sorted key order; numpy slices, because per-group pandas objects cost
-    milliseconds each and a large study has thousands of groups."""
+    """(key, {column: values}) per group, in sorted key order, with each row's replicate `unit`; numpy slices,
+    because per-group pandas objects cost milliseconds each and a large study has thousands of groups."""
     if frame.empty:
         return []
-    cols = {c: frame[c].to_numpy() for c in ("budget", "seed", "value", "feedback_cost", "labels_used")
-            if c in frame} | {c: frame[c].to_numpy(dtype=np.float64) for c in DIALS if c in frame}
+    frame = frame.assign(unit=units(frame, keys))
+    cols = {c: frame[c].to_numpy() for c in ("budget", "seed", "draw", "unit", "value", "feedback_cost",
+                                             "labels_used") if c in frame}
+    cols |= {c: frame[c].to_numpy(dtype=np.float64) for c in DIALS if c in frame}
     out = []
     for key, idx in sorted(frame.groupby(keys, sort=True).indices.items()):
         out.append((key, {c: v[idx] for c, v in cols.items()}))
     return out
 
 
-def cost_to_threshold(table: pd.DataFrame, threshold: float = 0.8, splits: Iterable[str] = ("covered", "uncovered"),
-                      metric: str = "behavior", n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
-    """Smallest budget whose mean `metric` (over seeds) reaches `threshold`, per method and condition and split.
+def crossing(curves: np.ndarray, budgets: np.ndarray, threshold: float) -> np.ndarray:
+    """Budget at which each curve (last axis: behavior at `budgets`, ascending) first reaches `threshold`: linear in
+    log budget between the last budget below it and the first at or above (linear in budget from a zero budget);
+    the first budget where that one already reaches it; inf where none does, NaN where a curve has a gap there."""
+    ok = curves >= threshold
+    k = np.argmax(ok, axis=-1)
+    reached = ok.any(-1)
+    km = np.maximum(k - 1, 0)
+    y0, y1 = np.take_along_axis(curves, km[..., None], -1)[..., 0], np.take_along_axis(curves, k[..., None], -1)[..., 0]
+    b0, b1 = budgets[km], budgets[k]
+    with np.errstate(all="ignore"):
+        frac = np.clip((threshold - y0) / (y1 - y0), 0.0, 1.0)
+        logb = np.exp(np.log(b0) + frac * (np.log(b1) - np.log(b0)))
+        at = np.where(b0 > 0, logb, b0 + frac * (b1 - b0))
+    at = np.where(k == 0, budgets[0], at)
+    gap = np.isnan(curves).any(-1)
+    return np.where(reached, at, np.where(gap, np.nan, np.inf))
 
-    The CI resamples seeds (each seed's cells at every budget move together) and takes the 2.5/97.5% quantiles of the
-    resulting first-crossing budget; `inf` where it is never reached (in the estimate or in a draw).
+
+def _per_label(budgets: np.ndarray, per: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """`at` x the per-label cost interpolated in log budget (clamped at the ends): the cost of a fractional budget."""
+    with np.errstate(all="ignore"):
+        pos = budgets > 0
+        if not pos.any():
+            return np.zeros_like(at)
+        rate = np.interp(np.log(np.where(at > 0, at, budgets[pos][0])), np.log(budgets[pos]), per[pos])
+        return np.where(np.isfinite(at), at * rate, at)
+
+
+def cost_to_threshold(table: pd.DataFrame, threshold: float = 0.8, splits: Iterable[str] = ("covered", "uncovered"),
+                      metric: str = "behavior") -> pd.DataFrame:
+    """Budget (and feedback cost) at which the mean `metric` crosses `threshold`, per method, condition and split,
+    interpolated in log budget between the last budget below and the first at or above (`crossing`).
+
+    CI: t interval on the log crossing budget with the jackknife SE over replicates (each unit's cells at every
+    budget move together); hi is inf where leaving a unit out never reaches the threshold, and the estimate is inf
+    where the mean never does (lo is then the lowest crossing of a leave-one-out curve, or inf).
     """
     table = with_model_id(table)
     keys = [k for k in CONFIG_KEYS if k != "budget"] + ["split"]
@@ -205,103 +188,123 @@ def cost_to_threshold(table: pd.DataFrame, threshold: float = 0.8, splits: Itera
     records = []
     for key, grp in _groups(rows, keys):
         budgets, bi = np.unique(grp["budget"], return_inverse=True)
-        seeds, si = np.unique(grp["seed"], return_inverse=True)
-        x = np.full((len(budgets), len(seeds)), np.nan)  # (budgets, seeds); a seed missing at a budget stays NaN
-        x[bi, si] = grp["value"]
-        count = np.bincount(bi, minlength=len(budgets))
-        cost = {c: np.bincount(bi, grp[c], len(budgets)) / count for c in ("feedback_cost", "labels_used")}
+        us, ui = np.unique(grp["unit"], return_inverse=True)
+        count = np.zeros((len(budgets), len(us)))
+        np.add.at(count, (bi, ui), 1.0)
+        x = np.zeros((len(budgets), len(us)))
+        np.add.at(x, (bi, ui), grp["value"])
+        x = np.where(count > 0, x / np.maximum(count, 1), np.nan).T  # (units, budgets): a unit's mean per budget
+        n_b = np.bincount(bi, minlength=len(budgets))
+        per = {c: np.bincount(bi, grp[c], len(budgets)) / n_b / np.maximum(budgets, 1e-12)
+               for c in ("feedback_cost", "labels_used")}
+        b = budgets.astype(np.float64)
         have = ~np.isnan(x)
-        x0 = np.where(have, x, 0.0)
+        n_units = int(have.any(1).sum())
         with np.errstate(all="ignore"):
-            mean = x0.sum(1) / have.sum(1)
-            w = boot_weights(len(seeds), n_boot, seed)
-            draws = (w @ x0.T) / (w @ have.T.astype(np.float64))  # (n_boot, budgets)
-        budgets = budgets.astype(np.float64)
-        first = lambda ok: np.where(ok.any(-1), budgets[np.argmax(ok, axis=-1)], np.inf)  # noqa: E731
-        est = float(first(mean >= threshold))
-        lo, hi = np.quantile(first(draws >= threshold), [0.025, 0.975], method="inverted_cdf")
-        at = lambda b, c: float(cost[c][budgets == b][0]) if np.isfinite(b) else np.inf  # noqa: E731
+            est = float(crossing(np.nansum(x, 0) / have.sum(0), b, threshold))
+            loo = crossing((np.nansum(x, 0) - np.nan_to_num(x)) / (have.sum(0) - have), b, threshold)[have.any(1)]
+        lo = hi = est
+        if n_units > 1:
+            q = t_crit(n_units - 1)
+            fin = np.log(loo[np.isfinite(loo)])
+            se = math.sqrt((n_units - 1) / n_units * float(np.sum((fin - fin.mean()) ** 2))) if fin.size else 0.0
+            if np.isfinite(est):
+                lo, hi = est * math.exp(-q * se), (est * math.exp(q * se) if fin.size == n_units else math.inf)
+            else:  # never reached on the mean: the lowest leave-one-out crossing bounds it from below
+                lo, hi = float(np.min(loo, initial=math.inf)), math.inf
+        at = lambda v, c: float(_per_label(b, per[c], np.array([v]))[0])  # noqa: E731
         records.append(dict(zip(keys, key)) | {
-            "threshold": threshold, "budget": est, "budget_lo": float(lo), "budget_hi": float(hi),
+            "threshold": threshold, "budget": est, "budget_lo": lo, "budget_hi": hi,
             "feedback_cost": at(est, "feedback_cost"), "cost_lo": at(lo, "feedback_cost"),
             "cost_hi": at(hi, "feedback_cost"), "labels": at(est, "labels_used"), "reached": bool(np.isfinite(est)),
-            "max_budget": float(budgets.max()), "n": len(seeds), "base": float(base.get(key, np.nan)),
+            "max_budget": float(b.max()), "n": int(len(np.unique(grp["draw"] * 1_000_003 + grp["seed"]))),
+            "base": float(base.get(key, np.nan)),
         })
     cols = keys + ["threshold", "budget", "budget_lo", "budget_hi", "feedback_cost", "cost_lo", "cost_hi", "labels",
                    "reached", "max_budget", "n", "base"]
     return pd.DataFrame(records, columns=cols)
 
 
-def generalization(table: pd.DataFrame, min_gain: float = 0.02, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
-    """Generalization ratio = uncovered gain / covered gain over the base, per config (ratio of seed-means).
+def generalization(table: pd.DataFrame, min_gain: float = 0.02) -> pd.DataFrame:
+    """Uncovered gains per config: absolute (`gain_uncovered`), headroom-normalized (`headroom_uncovered` =
+    (method - base) / (1 - base), the share of what was left to gain), and the ratio to the covered gain.
 
-    NaN where the covered gain is below `min_gain`, or its CI does not exclude 0 (`covered_gain_clear` False; always
-    so with one seed): a ratio over a gain that is noise says nothing.
+    The ratio is NaN where the covered gain is below `min_gain`, or its CI does not exclude 0 (`covered_gain_clear`
+    False; always so with one replicate): a ratio over a gain that is noise says nothing.
     """
     table = with_model_id(table)
     b = with_base(table)
     b = b[b["split"].isin(["covered", "uncovered"])]
-    wide = b.groupby(CONFIG_KEYS + ["seed", "split"], sort=True)["gain"].mean().unstack("split")
-    wide = wide.reindex(columns=["covered", "uncovered"]).reset_index()
-    wide.columns.name = None
+    per = CONFIG_KEYS + REPLICATE + ["split"]
+    wide = b.groupby(per, sort=True)[["gain", "base"]].mean().unstack("split")
+    wide = wide.reindex(columns=pd.MultiIndex.from_product([["gain", "base"], ["covered", "uncovered"]]))
+    wide.columns = ["covered", "uncovered", "base_covered", "base_uncovered"]
+    wide = wide.reset_index()
 
     def ratio(m: dict[str, np.ndarray]) -> np.ndarray:
         return np.where(np.abs(m["covered"]) >= min_gain, m["uncovered"] / m["covered"], np.nan)
 
-    stats = {"ratio": ratio, "gain_covered": lambda m: m["covered"], "gain_uncovered": lambda m: m["uncovered"]}
-    out = seed_bootstrap(wide, CONFIG_KEYS, ["covered", "uncovered"], stats, n_boot, seed)
-    # A ratio is read only over a covered gain that is clearly above zero: its CI excludes 0, which one seed cannot
-    # show. Elsewhere the ratio is noise over noise, however large.
+    def headroom(split: str) -> Stat:
+        return lambda m: m[split] / (1.0 - m[f"base_{split}"])
+
+    stats = {"ratio": ratio, "gain_covered": lambda m: m["covered"], "gain_uncovered": lambda m: m["uncovered"],
+             "headroom_covered": headroom("covered"), "headroom_uncovered": headroom("uncovered")}
+    out = replicate_ci(wide, CONFIG_KEYS, ["covered", "uncovered", "base_covered", "base_uncovered"], stats)
+    # A ratio is read only over a covered gain that is clearly above zero: its CI excludes 0, which one replicate
+    # cannot show. Elsewhere the ratio is noise over noise, however large.
     out["covered_gain_clear"] = (out["gain_covered_lo"] > 0) & (out["n"] >= 2)
     for c in ("ratio", "ratio_lo", "ratio_hi"):
         out[c] = out[c].where(out["covered_gain_clear"])
     return out
 
 
-def slope(table: pd.DataFrame, x: str = "anticipation", metric: str = "behavior", n_boot: int = N_BOOT,
-          seed: int = 0) -> pd.DataFrame:
+def slope(table: pd.DataFrame, x: str = "anticipation", metric: str = "behavior") -> pd.DataFrame:
     """Least-squares slope of `metric` against the dial `x`, per method and the other settings and split.
 
-    CI: resample seeds (all of a seed's points together), refit by weighted least squares. Groups with fewer than two
-    distinct values of `x` are left out.
+    CI: t interval with the jackknife SE over replicate units (all of a unit's points left out together, then the
+    weighted least-squares refit). Groups with fewer than two distinct values of `x` are left out.
     """
     table = with_model_id(table)
     keys = [k for k in CONFIG_KEYS if k != x] + ["split"]
     rows = table[(table["metric"] == metric) & table["value"].notna()]
-    records, all_draws = [], []
+    records = []
     for key, grp in _groups(rows, keys):
         xs = grp[x]
         if np.unique(xs).size < 2:
             continue
         ys = grp["value"]
-        uniq, codes = np.unique(grp["seed"], return_inverse=True)
-        w = boot_weights(len(uniq), n_boot, seed)[:, codes]  # (n_boot, points)
+        uniq, codes = np.unique(grp["unit"], return_inverse=True)
+        w = (codes[None, :] != np.arange(len(uniq))[:, None]).astype(np.float64)  # (units, points): leave one out
         with np.errstate(all="ignore"):
             sw = w.sum(1, keepdims=True)
             dx = xs - (w @ xs)[:, None] / sw
             dy = ys - (w @ ys)[:, None] / sw
             sxx = (w * dx * dx).sum(1)
-            draws = np.where(sxx > 0, (w * dx * dy).sum(1) / sxx, np.nan)
-        all_draws.append(draws)
+            theta = np.where(sxx > 0, (w * dx * dy).sum(1) / sxx, np.nan)
+        est = float(np.polyfit(xs, ys, 1)[0])
+        n_u = len(uniq)
+        if n_u > 1:
+            se = math.sqrt((n_u - 1) / n_u * float(np.sum((theta - theta.mean()) ** 2)))
+            half = t_crit(n_u - 1) * se
+        else:
+            half = 0.0
+        n = int(len(np.unique(grp["draw"] * 1_000_003 + grp["seed"])))
         records.append(dict(zip(keys, key)) | {
-            "x": x, "slope": float(np.polyfit(xs, ys, 1)[0]), "x_min": float(xs.min()), "x_max": float(xs.max()),
-            "n_x": int(np.unique(xs).size), "n": len(uniq), "single_seed": len(uniq) == 1})
+            "x": x, "slope": est, "slope_lo": est - half, "slope_hi": est + half, "x_min": float(xs.min()),
+            "x_max": float(xs.max()), "n_x": int(np.unique(xs).size), "n": n, "single_seed": n == 1})
     cols = keys + ["x", "slope", "slope_lo", "slope_hi", "x_min", "x_max", "n_x", "n", "single_seed"]
-    out = pd.DataFrame(records, columns=cols)
-    if records:  # one quantile call for all groups: per-group calls dominate the cost on a large study
-        out["slope_lo"], out["slope_hi"] = _quantiles(np.vstack(all_draws))
-    return out
+    return pd.DataFrame(records, columns=cols)
 
 
-def side_effects(table: pd.DataFrame, min_gain: float = 0.02, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
+def side_effects(table: pd.DataFrame, min_gain: float = 0.02) -> pd.DataFrame:
     """Side effects per percentage point (0.01) of behavior gained on all test contexts, per config.
 
     kl: per-token KL(policy || base) on neutral prompts; fluency_loss: base fluency minus fluency (split all);
-    drift: mean |drift:<other target>|. Each `*_per_pt` divides a seed-mean by 100 x the mean behavior gain, and is
-    NaN where that gain is below `min_gain`.
+    drift: mean |drift:<other target>|. Each `*_per_pt` divides a replicate-mean by 100 x the mean behavior gain, and
+    is NaN where that gain is below `min_gain`.
     """
     table = with_model_id(table)
-    per_seed = CONFIG_KEYS + ["seed"]
+    per_seed = CONFIG_KEYS + REPLICATE
     gain = with_base(table)
     gain = gain[gain["split"] == "all"].groupby(per_seed)["gain"].mean()
     fl = with_base(table, "fluency")
@@ -317,7 +320,7 @@ def side_effects(table: pd.DataFrame, min_gain: float = 0.02, n_boot: int = N_BO
     cols = ["gain", "kl", "fluency_loss", "drift"]
     stats: dict[str, Stat] = {c: (lambda m, c=c: m[c]) for c in cols}
     stats |= {f"{c}_per_pt": per_pt(c) for c in cols[1:]}
-    return seed_bootstrap(wide, CONFIG_KEYS, cols, stats, n_boot, seed)
+    return replicate_ci(wide, CONFIG_KEYS, cols, stats)
 
 
 def pareto(agg: pd.DataFrame, split: str = "all") -> pd.DataFrame:

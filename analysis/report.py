@@ -1,9 +1,11 @@
 """Write REPORT.md, summary.json and the figures from a results store; every sentence is generated from the numbers.
 
-Deterministic: no timestamps or absolute paths in the outputs, seeded bootstraps, sorted keys, byte-identical PNGs, so
+Deterministic: no timestamps or absolute paths in the outputs, no random draws (t intervals), sorted keys, byte-identical PNGs, so
 regenerating a report from the same store gives identical files. Files are written to a temporary name and renamed.
 Numbers are per model (the "Models" section names each model's identity); a target evaluated by A/B propensity alone
-reads `ab_propensity` as its behavior.
+reads `ab_propensity` as its behavior. Draws of one organism config (configs that differ only in the pretraining
+seed) are pooled into one model, a random effect: its intervals are over organisms x seeds. The report opens with the
+motivating argument's claims, each with an interval and a verdict (`analysis.claims`).
 
     summary = write_report("results/default", "reports", threshold=0.8)
 """
@@ -17,9 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from analysis import claims as C
 from analysis import figures as F
 from analysis import findings as W
 from analysis import metrics as M
+from analysis.paired import PairedTests
 from analysis.table import BASE_METHOD, Results, atomic_write_bytes, load_slopes, read_results
 
 # Default threshold: an absolute behavior rate of 0.8 reads as "the model now mostly does it", sits well above the
@@ -125,12 +129,22 @@ def _setup(results: Results, ref: dict[str, float]) -> tuple[dict[str, Any], lis
     return setup, lines
 
 
-def _models(results: Results, measures: dict[tuple[str, str], str],
+def _pooled_models(t: Any) -> list[dict[str, Any]]:
+    """One entry per (pooled) model identity: name, id, cells, and its organism draws (pretraining seeds)."""
+    per = t.groupby(["model_id", "model"], sort=True).agg(cells=("run_id", "nunique"),
+                                                          draws=("draw", lambda d: sorted(set(int(x) for x in d))))
+    return [{"name": m, "id": i, "cells": int(r.cells)} | ({"draws": r.draws} if len(r.draws) > 1 else {})
+            for (i, m), r in sorted(per.iterrows(), key=lambda kv: (kv[0][1], kv[0][0]))]
+
+
+def _models(t: Any, measures: dict[tuple[str, str], str],
             missing: dict[tuple[str, str], tuple[str, str]]) -> tuple[list[dict[str, Any]], list[str]]:
     """Which models the store holds (never averaged together), and per model what each target measures."""
-    models = results.models()
+    models = _pooled_models(t)
     lines = ["## Models", "", "Every number below is for one model: cells are grouped by the model's identity (the "
-             "organism's key, or the Hugging Face path and revision), never averaged across models.", "",
+             "organism's key, or the Hugging Face path and revision), never averaged across models; draws of one "
+             "organism config that differ only in the pretraining seed are one model, their intervals over "
+             "organisms x seeds.", "",
              "| model | identity | cells | targets (behavior measure) |", "| --- | --- | --- | --- |"]
     for m in models:
         targets = sorted((t, v) for (name, t), v in measures.items() if name == m["name"])
@@ -138,7 +152,9 @@ def _models(results: Results, measures: dict[tuple[str, str], str],
                                              if (m["name"], t) in missing else {}) for t, v in targets}
         shown = ", ".join(f"{_md(t)} (`{v}`" + (f"; no {missing[(m['name'], t)][0]} split"
                                                if (m["name"], t) in missing else "") + ")" for t, v in targets)
-        lines.append(f"| {_md(m['name'])} | `{_md(m['id'])}` | {m['cells']} | {shown} |")
+        draws = f" ({len(m['draws'])} draws: pretraining seeds {', '.join(map(str, m['draws']))})" \
+            if "draws" in m else ""
+        lines.append(f"| {_md(m['name'])} | `{_md(m['id'])}`{draws} | {m['cells']} | {shown} |")
     return models, lines + [""]
 
 
@@ -194,13 +210,16 @@ def _glance(figs: dict[str, Path | None], out: Path, glance: list[str]) -> tuple
 
 
 def write_report(results_dir: str | Path, out_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, *,
-                 n_boot: int = M.N_BOOT, seed: int = 0, min_gain: float = 0.02) -> dict[str, Any]:
+                 min_gain: float = 0.02) -> dict[str, Any]:
     """Write `out_dir/REPORT.md`, `out_dir/summary.json` and `out_dir/figures/*.png` (each with its plotted data as
     `*.csv`); return the summary."""
     results = read_results(results_dir)
     out = Path(out_dir)
-    # A target evaluated by A/B propensity alone (a CAA data set) reads `ab_propensity` as its behavior.
-    t, measures = M.behavior_measures(results.table)
+    # A target evaluated by A/B propensity alone (a CAA data set) reads `ab_propensity` as its behavior; draws of
+    # one organism config are pooled into one model (a random effect).
+    draws = results.draws()
+    t, measures = M.behavior_measures(M.pool_draws(results.table, draws))
+    t, fluent_desired = M.with_fluent_desired(t)
     notes: list[str] = []
     lines = ["# Report: how much feedback each method needs, and how far its behavior generalizes", "",
              f"Generated by `analysis.report.write_report` from the results store `{Path(results_dir).name}`; "
@@ -209,24 +228,23 @@ def write_report(results_dir: str | Path, out_dir: str | Path, threshold: float 
     if t.empty:
         summary: dict[str, Any] = {"threshold": threshold, "setup": {"cells": {
             "ok": 0, "failed": len(results.failed), "skipped": len(results.skipped)}}, "models": [], "headline": [],
-            "winners": [],
+            "winners": [], "claims": [],
             "notes": ["no ok cells: nothing to report"]}
         lines += ["No ok cells: nothing to report.", ""] + _problems(results)
     else:
         ref = M.reference_condition(t)
         setup, setup_lines = _setup(results, ref)
         missing = M.missing_splits(t)
-        models, model_lines = _models(results, measures, missing)
-        agg = M.aggregate(t, n_boot, seed)
-        cost = M.cost_to_threshold(t, threshold, n_boot=n_boot, seed=seed)
+        models, model_lines = _models(t, measures, missing)
+        agg = M.aggregate(t)
+        cost = M.cost_to_threshold(t, threshold)
         steer_runs = sorted(t.loc[t["metric"].isin(["anti_steerable", "slope_p50"]), "run_id"].unique())
         figs = F.write_figures(t, out / "figures", notes, agg=agg, cost=cost, ref=ref, threshold=threshold,
                                slopes=load_slopes(results.cells_dir, steer_runs))
         stats = W.Stats(
-            agg=agg, cost=cost, gen=M.generalization(t, min_gain, n_boot, seed),
-            slopes={d: M.slope(t, d, n_boot=n_boot, seed=seed) for d in M.DIALS},
-            side=M.side_effects(t, min_gain, n_boot, seed), ref=ref, threshold=threshold, measures=measures,
-            missing=missing)
+            agg=agg, cost=cost, gen=M.generalization(t, min_gain), slopes={d: M.slope(t, d) for d in M.DIALS},
+            side=M.side_effects(t, min_gain), ref=ref, threshold=threshold, measures=measures, missing=missing,
+            fluent_desired=fluent_desired)
         headline = W.headline(stats)
         no_base = M.missing_base(t).drop(columns="model_id")
         if not no_base.empty:
@@ -238,13 +256,16 @@ def write_report(results_dir: str | Path, out_dir: str | Path, threshold: float 
             notes.append(f"{target}" + (f" ({model})" if len(models) > 1 else "") + f": {why}")
         if any(h["n"] == 1 for h in headline):
             notes.append("some headline numbers rest on a single seed (n=1): their CIs collapse to the value")
-        winners = W.winners(headline, threshold)
+        tests = PairedTests(t, ref, threshold, min_gain)
+        winners = W.winners(headline, threshold, tests)
+        sharing = {k: float(v) for k, v in draws.groupby("family")["sharing"].first().items()}
+        claims = C.measure_claims(stats, tests, sharing)
         glance, lead = _glance(figs, out, W.glance_lines(headline, winners, threshold))
-        lines += glance + setup_lines + model_lines + _problems(results)
+        lines += C.claim_lines(claims, threshold) + glance + setup_lines + model_lines + _problems(results)
         lines += W.headline_tables(headline, threshold) + W.finding_lines(headline, winners, threshold)
         lines += _figure_lines(figs, out, skip=lead)
         summary = {"threshold": threshold, "setup": setup, "models": models, "headline": headline,
-                   "winners": winners, "notes": notes}
+                   "winners": winners, "claims": claims, "notes": notes}
     for name, path in figs.items():
         if path is None:  # a figure this table cannot support must not survive from an earlier report
             (out / "figures" / f"{name}.png").unlink(missing_ok=True)
@@ -252,8 +273,15 @@ def write_report(results_dir: str | Path, out_dir: str | Path, threshold: float 
     summary["figures"] = {k: (v.relative_to(out).as_posix() if v else None) for k, v in figs.items()}
     summary["failed_cells"] = [{"run_id": f.run_id, "error": f.error} for f in results.failed]
     summary["skipped_files"] = [{"name": s.name, "reason": s.reason} for s in results.skipped]
-    summary["method"] = {"bootstrap_draws": n_boot, "bootstrap_seed": seed, "ci": "percentile 95% over seeds",
-                         "min_gain": min_gain}
+    summary["method"] = {
+        "ci": "95% t interval over replicates (seeds; organism draws, each its seed mean, where several draws are "
+              "pooled), jackknife standard error for ratios, slopes and crossing points",
+        "clear": "paired test on matched replicates, Holm-corrected over every winner call in the report, p < 0.05; "
+                 "never on one replicate",
+        "cost_to_threshold": "interpolated linearly in log budget between the last budget below the threshold and "
+                             "the first at or above it; interval on the log budget",
+        "fluent_desired": "measured where the rows carry fluent_desired, else behavior x fluency per cell",
+        "min_gain": min_gain}
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     summary = _clean(summary)

@@ -7,7 +7,8 @@ For a method with truth (g, r, k, nz, ms) at budget b, anticipation a, labeler n
     all       = a * covered + (1 - a) * uncovered
     kl = kl_c * ln(b);  fluency = 0.98 - fl * ln(b);  drift:<other> = dr * ln(b)
 
-The base model ("none") scores `base` on every split. Each seed adds a zero-mean offset (so seed means are exact),
+The base model ("none") scores `base` on every split. `cell_sd` adds independent noise to every behavior value. Each
+seed adds a zero-mean offset (so seed means are exact),
 with a different pattern for the base than for methods, so CIs are not degenerate. A model's `model_scale` multiplies
 g and kl_c; a target in `one_context` has no uncovered split and `all` = covered at every anticipation.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,8 @@ class SyntheticSpec:
     behavior_metric: str = "behavior"
     # Targets whose records all sit in one context: no uncovered split at any anticipation, and `all` = covered.
     one_context: tuple[str, ...] = ()
+    # Independent normal noise on every behavior value, seeded by the cell's id (0: the exact answers above).
+    cell_sd: float = 0.0
 
 
 def _offset(spec: SyntheticSpec, seed: int, base: bool) -> float:
@@ -133,12 +137,14 @@ def _cell(spec: SyntheticSpec, model: int | str, target: str, method: str, budge
     lb = 0.0 if is_base else math.log(budget)
     rows = []
     one = target in spec.one_context
+    rng = random.Random(run_id)
     for split in ("covered", "uncovered", "all"):
         if (split == "covered" and a == 0.0 and not one) or (split == "uncovered" and (a == 1.0 or one)):
             continue  # nothing covered / nothing left uncovered
         truth_split = "covered" if one else split
         value = spec.base if is_base else expected(t, spec.base, truth_split, budget, a, noise, misspec)
-        rows.append(_row(common, split, spec.behavior_metric, min(1.0, max(0.0, value + off))))
+        jitter = rng.gauss(0.0, spec.cell_sd) if spec.cell_sd else 0.0
+        rows.append(_row(common, split, spec.behavior_metric, min(1.0, max(0.0, value + off + jitter))))
         if spec.behavior_metric == "behavior":
             rows.append(_row(common, split, "fluency", BASE_FLUENCY - t.fluency * lb))
     rows.append(_row(common, "neutral", "kl", t.kl * lb * (1.0 + off)))  # zero-mean offset: exact mean

@@ -14,6 +14,7 @@ name are never averaged together.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import math
 import os
@@ -82,6 +83,10 @@ class Results:
     failed: list[FailedCell]
     cells: dict[str, dict[str, Any]]  # run_id -> {"config": ..., "provenance": ...} of ok cells
     cells_dir: Path
+
+    def draws(self) -> pd.DataFrame:
+        """model_id -> family, draw, sharing: which models are draws of one organism config (see `organism_draws`)."""
+        return organism_draws({rid: c["config"] for rid, c in self.cells.items()})
 
     def models(self) -> list[dict[str, Any]]:
         """One entry per model identity: {"name" (the table's label), "id", "cells"}, in label order."""
@@ -208,7 +213,46 @@ def model_identity(config: dict[str, Any], name: str) -> str:
     return model if isinstance(model, str) and model else name
 
 
-def _model_labels(table: pd.DataFrame) -> pd.Series:
+# The organism config field that makes one pretraining draw of an organism config differ from another.
+DRAW_FIELD = ("train", "seed")
+
+
+def organism_draws(configs: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """One row per model identity: `model_id`, `family` (what its draws share), `draw` and `sharing`.
+
+    Organisms whose configs differ only in the pretraining seed (`organism.train.seed`) are draws of one family,
+    `organism-draws:<hash of the rest>`, treated as a random effect; with one draw (or a model whose config does not
+    say, or a Hugging Face model) the family is the model itself and its draw 0. `sharing` is the world's
+    representation-sharing dial (`organism.world.sharing`), NaN where the config does not carry it.
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    for config in configs.values():
+        model = config.get("model")
+        mid = model_identity(config, str(model.get("name", "")) if isinstance(model, dict) else str(model))
+        org = model.get("organism") if isinstance(model, dict) else None
+        fam, draw, sharing = mid, 0, math.nan
+        if isinstance(org, dict):
+            rest = json.loads(json.dumps(org))
+            seed = (rest.get(DRAW_FIELD[0]) or {}).pop(DRAW_FIELD[1], None) if isinstance(
+                rest.get(DRAW_FIELD[0]), dict) else None
+            if isinstance(seed, int) and not isinstance(seed, bool):
+                digest = hashlib.sha1(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:16]
+                fam, draw = f"organism-draws:{digest}", seed
+            world = org.get("world")
+            share = world.get("sharing") if isinstance(world, dict) else None
+            if isinstance(share, (int, float)) and not isinstance(share, bool):
+                sharing = float(share)
+        rows[mid] = {"model_id": mid, "family": fam, "draw": draw, "sharing": sharing}
+    out = pd.DataFrame(list(rows.values()), columns=["model_id", "family", "draw", "sharing"])
+    # A family of one model is that model: only several draws make a random effect.
+    per = out.groupby("family")["model_id"].transform("nunique") if len(out) else out["family"]
+    alone = per <= 1 if len(out) else per.astype(bool)
+    out.loc[alone, "family"] = out.loc[alone, "model_id"]
+    out.loc[alone, "draw"] = 0
+    return out.sort_values("model_id").reset_index(drop=True)
+
+
+def model_labels(table: pd.DataFrame) -> pd.Series:
     """A display name per row that is one-to-one with `model_id`: the rows' name, with the identity added only where
     two identities share a name (and names joined where one identity was run under several)."""
     names = table.groupby("model_id", sort=True)["model"].agg(lambda s: " / ".join(sorted(set(s))))
@@ -245,7 +289,7 @@ def read_results(results_dir: str | Path) -> Results:
     if cells:
         table = table.astype({k: np.int64 for k, v in ROW_FIELDS.items() if v == "int"})
         # Never average across models: rows are grouped by identity, and the label says which model is which.
-        table["model"] = _model_labels(table)
+        table["model"] = model_labels(table)
     return Results(table=table, skipped=skipped, failed=failed, cells=cells, cells_dir=cells_dir)
 
 

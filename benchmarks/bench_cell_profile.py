@@ -16,6 +16,10 @@ through `run_cell` in a child process on one torch thread (as the study's worker
    shared machine hits both. Reported: the median wall per method and rev, the ratio to the first rev, and the
    median phase seconds per method and rev.
 
+`--warm`: the study's regime. Each child runs a warm-up cell and then the timed cell, both the same cell of one method,
+in the SAME process (as a study worker does after its first cell: imports done, model, splits and drift baseline
+kept where the rev keeps them); the reported wall and phases are the timed cell's alone. Use with `--no-profile`.
+
 `--rev PATH` (repeatable) runs a child against another checkout: PATH goes first on PYTHONPATH and is the child's
 working directory; the child imports `study.run.cell` / `study.run.grid` / `study.run.study_config`, or the older
 `study.cell` / `study.grid` / `study.schema`. Without `--rev` the current tree is the only rev. Results go to
@@ -24,6 +28,7 @@ benchmarks/results/cell_profile.json (command line, date, git revisions and load
     RLHF_VS_STEERING_CACHE=/tmp/orgcache HF_HUB_OFFLINE=1 python benchmarks/bench_cell_profile.py
     python benchmarks/bench_cell_profile.py --methods dpo rlhf --repeat 3 --rev /tmp/base --rev .
     python benchmarks/bench_cell_profile.py --no-profile --repeat 1 --methods none
+    python benchmarks/bench_cell_profile.py --warm --no-profile --repeat 3 --rev /tmp/headtree --rev .
 """
 
 from __future__ import annotations
@@ -305,6 +310,12 @@ def child(a: argparse.Namespace) -> None:
     if phases:
         phases.apply()
     cell = _cell(expand, load_study, a.method, a.budget, a.target, a.anticipation, a.seed)
+    if a.warm:  # as a study worker after its first cell: only the second cell is timed
+        warm = run_cell(cell)
+        out["warmup"] = {"status": warm.status, "seconds": round(time.perf_counter() - t_main, 3)}
+        if phases:
+            phases.excl, phases.calls = {}, {}
+        t_main = time.perf_counter()
     t_cell = time.perf_counter()
     res = run_cell(cell)
     t_end = time.perf_counter()
@@ -365,7 +376,8 @@ def _spawn(rev: Path, method: str, a: argparse.Namespace, profile: bool) -> dict
         out = f.name
     cmd = [sys.executable, str(HERE), "--child", method, "--out", out, "--budget", str(_budget(method, a)),
            "--threads", str(a.threads), "--target", a.target, "--anticipation", str(a.anticipation),
-           "--seed", str(a.seed), "--top", str(a.top)] + (["--profile-child"] if profile else [])
+           "--seed", str(a.seed), "--top", str(a.top)] + (["--profile-child"] if profile else []) \
+        + (["--warm"] if a.warm else [])
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=str(rev), env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -377,7 +389,9 @@ def _spawn(rev: Path, method: str, a: argparse.Namespace, profile: bool) -> dict
         Path(out).unlink(missing_ok=True)
     res["wall_seconds"] = round(wall, 3)
     res["returncode"] = p.returncode
-    if "phases" in res:
+    if a.warm and "cell_seconds" in res:  # the timed cell alone: no start-up, no imports, no warm-up cell
+        res["process_seconds"], res["wall_seconds"] = res["wall_seconds"], res["cell_seconds"]
+    elif "phases" in res:
         res["phases"]["startup"] = round(wall - res["child_seconds"], 3)
     return res
 
@@ -469,7 +483,7 @@ def parent(a: argparse.Namespace) -> None:
     record: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "argv": sys.argv, "date": started,
                     "cwd": os.getcwd(), "host": os.uname().nodename, "cpus": os.cpu_count(),
                     "python": sys.version.split()[0], "loadavg_start": os.getloadavg(), "threads": a.threads,
-                    "revs": [_git(r) for r in revs], "bench_git": _git(ROOT),
+                    "revs": [_git(r) for r in revs], "bench_git": _git(ROOT), "warm": a.warm,
                     "cell": {"target": a.target, "anticipation": a.anticipation, "seed": a.seed, "budget": a.budget,
                              "prompting_budget": a.prompting_budget,
                              "cache": os.environ.get("RLHF_VS_STEERING_CACHE")}}
@@ -515,6 +529,7 @@ def main() -> None:
     ap.add_argument("--rev", action="append", help="a checkout's root (repeatable); default: this tree")
     ap.add_argument("--no-profile", dest="profile", action="store_false", help="skip the cProfile pass")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--warm", action="store_true", help="time a second cell in the same process (see above)")
     ap.add_argument("--target", default="sentiment")
     ap.add_argument("--anticipation", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)

@@ -23,6 +23,7 @@ from methods.selection import select_best, split_budget
 from methods.trained import LoraIntervention, TrainedConfig, snapshot_steps, steps_for, train_adapter
 from methods.trl_presets import lora_config, quiet, trainer_args, trainer_name, work_dir
 from study.core.config import check
+from study.core.timing import phase
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,8 @@ class LoraMethod:
         cfg = self.config
         quiet()
         fit_units, _ = split_budget(ctx.labeler, ctx.budget, cfg.select_share, len(cfg.snapshots))
-        data, chosen = self.buy(ctx, fit_units)
+        with phase("buy_labels"):
+            data, chosen = self.buy(ctx, fit_units)
         if data is None:
             out = Intervention()
             out.chosen = chosen
@@ -127,7 +129,8 @@ class LoraMethod:
             trained = train_adapter(ctx.model.model,
                                     lambda cbs: self.make_trainer(ctx, data, steps, out_dir, cbs), marks)
         candidates = [(s, self.intervention(ctx, data, trained.peft_config, trained.snapshots[s])) for s in marks]
-        best, table = select_best(ctx, candidates)
+        with phase("select"):
+            best, table = select_best(ctx, candidates)
         step, intervention = candidates[best]
         intervention.chosen = {**chosen, "steps": step, "max_steps": steps, "selection": table,
                                **self.summary(trained.trainer, data), "trainer": trainer_name(trained.trainer),

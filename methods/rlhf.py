@@ -28,6 +28,7 @@ from methods.lora_template import AdapterConfig, LoraMethod
 from methods.reward_model import LearnedRewardConfig, RewardModel, learned_vs_true, train_reward_model
 from methods.trained import LoraIntervention, buy_comparisons, rendered
 from study.core.config import check
+from study.core.timing import phase
 from study.lm.generation import finite_float32_logits
 
 
@@ -116,7 +117,8 @@ class RLHF(LoraMethod):
 
         cfg = self.config
         prefs = buy_comparisons(ctx, units, temperature=cfg.temperature)
-        rm = train_reward_model(ctx, prefs, cfg.reward_config(), cfg.precision)
+        with phase("reward_model"):
+            rm = train_reward_model(ctx, prefs, cfg.reward_config(), cfg.precision)
         chosen = {"comparisons": len(prefs), "ties": sum(p.tie for p in prefs), "learning_rate": cfg.learning_rate,
                   "kl_coef": cfg.kl_coef, "rl_trainer": cfg.trainer, "rank": cfg.rank}
         if rm is None:

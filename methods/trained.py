@@ -28,6 +28,7 @@ from typing import Any, Iterator
 from methods.base import FitContext, Intervention
 from methods.trl_presets import silence_trainer
 from study.core.config import check
+from study.core.timing import phase
 from study.lm.generation import generate, render
 
 
@@ -208,11 +209,13 @@ def train_adapter(model: Any, make_trainer: Any, snapshots: list[int]) -> Traine
 
     store: dict[int, dict] = {}
     with isolated_training(model):
-        trainer = silence_trainer(make_trainer([snapshot_callback(snapshots, store)]))
+        with phase("trainer_build"):
+            trainer = silence_trainer(make_trainer([snapshot_callback(snapshots, store)]))
         peft_model = trainer.accelerator.unwrap_model(trainer.model)
         modules = sorted(n for n, m in peft_model.get_base_model().named_modules() if isinstance(m, BaseTunerLayer))
         try:
-            trainer.train()
+            with phase("train"):
+                trainer.train()
         finally:
             peft_config = peft_model.peft_config["default"]
             peft_model.unload()
@@ -222,23 +225,50 @@ def train_adapter(model: Any, make_trainer: Any, snapshots: list[int]) -> Traine
 # ---- the interventions ---------------------------------------------------------------------------------------------
 class AttachedOnce(Intervention):
     """An intervention that changes the shared model itself: `_attach` on the outermost `with`, `_detach` when it
-    exits, so nested activations (a stack, the evaluator inside a selection) change the model once."""
+    exits, so nested activations (a stack, the evaluator inside a selection) change the model once.
+
+    A subclass that can make its change inert (`resident = True`, with `_suspend` and `_resume`) stays attached
+    across the activations of one `session()`: the first activation attaches, leaving one suspends, the next resumes,
+    and the session's end detaches. Suspended, it must compute exactly what the detached model computes."""
+
+    resident = False
 
     def __init__(self) -> None:
         super().__init__()
         self._depth = 0
+        self._sessions = 0
+        self._attached = False
+
+    @contextmanager
+    def session(self) -> Iterator[Intervention]:
+        self._sessions += 1
+        try:
+            yield self
+        finally:
+            self._sessions -= 1
+            if self._sessions == 0 and self._attached and self._depth == 0:
+                self._attached = False
+                self._detach()
 
     @contextmanager
     def _activate(self, prompt_width: int | None) -> Iterator[None]:
         if self._depth == 0:
-            self._attach()
+            if self._attached:
+                self._resume()
+            else:
+                self._attach()
+                self._attached = True
         self._depth += 1
         try:
             yield
         finally:
             self._depth -= 1
             if self._depth == 0:
-                self._detach()
+                if self.resident and self._sessions:
+                    self._suspend()
+                else:
+                    self._attached = False
+                    self._detach()
 
     def _attach(self) -> None:
         raise NotImplementedError(f"{type(self).__name__} must define _attach and _detach")
@@ -246,10 +276,19 @@ class AttachedOnce(Intervention):
     def _detach(self) -> None:
         raise NotImplementedError(f"{type(self).__name__} must define _attach and _detach")
 
+    def _suspend(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} sets resident but does not define _suspend and _resume")
+
+    def _resume(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} sets resident but does not define _suspend and _resume")
+
 
 class LoraIntervention(AttachedOnce):
     """A trained LoRA adapter. Inside `with`, it is injected into the shared model (PEFT); on exit the original
-    modules are put back, so outside the block the model is the base model, bit for bit."""
+    modules are put back, so outside the block the model is the base model, bit for bit. Within a `session()` it is
+    injected once and disabled between activations (PEFT's disabled LoRA layer returns its base layer's output)."""
+
+    resident = True
 
     def __init__(self, model: Any = None, peft_config: Any = None, state: dict | None = None,
                  chosen: dict | None = None):
@@ -278,6 +317,21 @@ class LoraIntervention(AttachedOnce):
         if result.unexpected_keys:
             self._detach()
             raise RuntimeError(f"adapter weights do not fit the model: unexpected keys {result.unexpected_keys[:3]}")
+
+    def _layers(self) -> list:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        return [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
+
+    def _suspend(self) -> None:
+        for m in self._layers():
+            m.enable_adapters(False)
+
+    def _resume(self) -> None:
+        for m in self._layers():
+            m.enable_adapters(True)  # PEFT also makes the adapter trainable again; as injected, it is not
+            for name in m.adapter_layer_names:
+                getattr(m, name).requires_grad_(False)
 
     def _detach(self) -> None:
         strip_adapters(self.model)

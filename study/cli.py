@@ -25,6 +25,7 @@ from study.organism.summary import summarize
 from study.organism.world import World
 from study.run.display import pretrain_with_progress
 from study.run.evaluate import evaluate_model
+from study.run.cell import PROFILE_ENV
 from study.run.runner import describe_methods, describe_targets, run_study
 from study.run.study_config import load_study
 
@@ -179,8 +180,13 @@ def run(config: Annotated[Optional[str], typer.Argument(help="A YAML file or a n
         results: Annotated[Optional[str], typer.Option(help="Results directory (default: the config's "
                                                             "results_dir).")] = None,
         retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run the cells stored as failed "
-                                                                          "again.")] = False):
+                                                                          "again.")] = False,
+        profile: Annotated[bool, typer.Option("--profile", help="Store each cell's phase timings (load, splits, "
+                                                                "labels, training, generation, scoring, KL, drift) "
+                                                                "in its provenance.")] = False):
     """Run a study: every cell of the grid not stored yet. Interrupted runs resume where they stopped."""
+    if profile:  # read by run_cell in each worker (spawned workers and Ray tasks inherit it)
+        os.environ[PROFILE_ENV] = "1"
     with user_errors():
         try:
             summary = run_study(config, set_ or [], executor=executor, workers=workers, address=address,

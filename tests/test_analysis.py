@@ -136,7 +136,8 @@ def test_aggregate_means_are_exact_with_ci_and_n(table: pd.DataFrame) -> None:
             assert r["mean"] == pytest.approx(truth, abs=1e-12)
             assert r["n"] == 3 and not r["single_seed"]
             assert r["ci_lo"] < r["mean"] < r["ci_hi"]
-            assert r["ci_hi"] - r["ci_lo"] <= 2 * SPEC.seed_sd + 1e-12  # bootstrap means stay within the seed range
+            # the t interval over 3 seeds: offsets -sd, 0, +sd have standard deviation sd, so mean +- t(2) sd / sqrt 3
+            assert r["ci_hi"] - r["ci_lo"] == pytest.approx(2 * 4.302653 * SPEC.seed_sd / math.sqrt(3), rel=1e-5)
     pd.testing.assert_frame_equal(agg, M.aggregate(table))  # seeded: identical on every call
 
 
@@ -148,12 +149,6 @@ def test_single_seed_ci_collapses_and_is_flagged(table: pd.DataFrame) -> None:
     assert (agg.loc[ok, "ci_lo"] == agg.loc[ok, "mean"]).all() and (agg.loc[ok, "ci_hi"] == agg.loc[ok, "mean"]).all()
 
 
-def test_boot_weights_depend_only_on_seed_and_n() -> None:
-    a, b = M.boot_weights(5, 100, seed=3), M.boot_weights(5, 100, seed=3)
-    assert np.array_equal(a, b) and (a.sum(1) == 5).all()
-    assert not np.array_equal(a, M.boot_weights(5, 100, seed=4))
-
-
 def test_reference_condition_is_the_grid_default(table: pd.DataFrame) -> None:
     assert M.reference_condition(table) == REF
 
@@ -163,14 +158,17 @@ def test_reference_condition_is_the_grid_default(table: pd.DataFrame) -> None:
 
 def test_cost_to_threshold_known_budgets(table: pd.DataFrame) -> None:
     cost = M.at_reference(M.cost_to_threshold(table, threshold=0.8), REF)
-    # dpo: 0.3 + 0.1 ln b >= 0.8 first at ln b >= 5, i.e. b = 512 of (8, 32, 128, 512); at 128 no draw gets there.
+    # dpo: 0.3 + 0.1 ln b crosses 0.8 between 128 and 512; interpolated in log budget that is exactly ln b = 5.
     r = _one(cost, method="dpo", target="sentiment", split="covered")
-    assert (r["budget"], r["budget_lo"], r["budget_hi"], r["reached"]) == (512, 512, 512, True)
-    assert r["feedback_cost"] == 512 and r["labels"] == 512 and r["n"] == 3
-    # sft: its mean at 128 is 0.795, so the estimate is 512, but resampled seeds reach 0.8 at 128 in some draws.
+    assert r["budget"] == pytest.approx(math.exp(5.0), rel=1e-9) and r["reached"]
+    assert r["budget_lo"] < r["budget"] < r["budget_hi"] < 512
+    assert r["feedback_cost"] == pytest.approx(r["budget"]) and r["labels"] == pytest.approx(r["budget"])
+    assert r["n"] == 3
+    # sft: 0.3 + 0.10202 ln b crosses just above 128 (its mean there is 0.795); demonstrations cost 4 units each.
     r = _one(cost, method="sft", target="sentiment", split="covered")
-    assert (r["budget"], r["budget_lo"], r["budget_hi"]) == (512, 128, 512)
-    assert r["feedback_cost"] == 4 * 512 and r["cost_lo"] == 4 * 128  # demonstrations cost 4 units each
+    assert r["budget"] == pytest.approx(math.exp(0.5 / 0.10202), rel=1e-9)
+    assert r["budget_lo"] < r["budget"] < r["budget_hi"]
+    assert r["feedback_cost"] == pytest.approx(4 * r["budget"]) and r["cost_lo"] == pytest.approx(4 * r["budget_lo"])
     # steering never gets there: inf, not reached.
     r = _one(cost, method="steering", target="sentiment", split="covered")
     assert math.isinf(r["budget"]) and math.isinf(r["budget_hi"]) and not r["reached"]
@@ -215,7 +213,7 @@ def test_slopes_against_each_dial(table: pd.DataFrame) -> None:
     assert M.slope(table[table["anticipation"] == 0.5], "anticipation").empty
 
 
-def test_slope_ci_resamples_seeds() -> None:
+def test_slope_ci_is_a_t_interval_over_seeds() -> None:
     rows = []
     for seed, bump in ((0, -0.05), (1, 0.0), (2, 0.05), (3, 0.1)):
         for a in (0.0, 0.5, 1.0):
@@ -224,7 +222,10 @@ def test_slope_ci_resamples_seeds() -> None:
                          "seed": seed, "anticipation": a, "value": 0.2 + (0.3 + bump) * a})
     r = M.slope(pd.DataFrame(rows), "anticipation").iloc[0]
     assert r["slope"] == pytest.approx(0.325)
-    assert 0.25 <= r["slope_lo"] < r["slope"] < r["slope_hi"] <= 0.4
+    # each seed's own slope is 0.25, 0.3, 0.35, 0.4: the jackknife interval is the t interval over them (3 df)
+    per_seed = np.array([0.25, 0.3, 0.35, 0.4])
+    half = 3.182446 * per_seed.std(ddof=1) / 2
+    assert (r["slope_lo"], r["slope_hi"]) == pytest.approx((0.325 - half, 0.325 + half), rel=1e-5)
 
 
 def test_side_effects_per_point(table: pd.DataFrame) -> None:

@@ -16,7 +16,6 @@ from analysis.synthetic import MethodTruth, SyntheticSpec, expected, write_resul
 from analysis.table import read_results
 
 BASE = 0.3
-N_BOOT = 200
 METHODS = {"dpo": MethodTruth(0.08, ratio=0.5, kl=0.04), "steering": MethodTruth(0.04, ratio=0.9, kl=0.01)}
 TWO_ORGANISMS = SyntheticSpec(
     models=("organism", "organism"),  # one display name, two organisms: the case that used to be averaged
@@ -50,7 +49,7 @@ def test_two_organisms_are_reported_separately(tmp_path: Path) -> None:
         assert kl.loc[label, "mean"] == pytest.approx(0.04 * scale * math.log(64), rel=1e-9)
         assert kl.loc[label, "n"] == 3
 
-    summary = write_report(tmp_path / "store", tmp_path / "out", n_boot=N_BOOT)
+    summary = write_report(tmp_path / "store", tmp_path / "out")
     head = {(h["model"], h["method"]): h for h in summary["headline"]}
     assert set(head) == {(m, meth) for m in LABELS for meth in METHODS}
     for (label, method), h in head.items():
@@ -94,7 +93,7 @@ def test_one_model_reports_as_before(tmp_path: Path) -> None:
     spec = SyntheticSpec(models=("organism",), model_configs=({"path": "organism", "organism_key": "k1"},),
                          targets=("sentiment",), methods=METHODS, budgets=(8, 64), samples=0)
     write_results(tmp_path, spec)
-    summary = write_report(tmp_path, tmp_path / "out", n_boot=N_BOOT)
+    summary = write_report(tmp_path, tmp_path / "out")
     assert {h["model"] for h in summary["headline"]} == {"organism"}
     assert set(pd.read_csv(tmp_path / "out" / "figures" / "behavior_vs_cost.csv")["facet"]) == {"sentiment"}
     assert "### sentiment\n" in (tmp_path / "out" / "REPORT.md").read_text()
@@ -107,7 +106,7 @@ def test_one_seed_store_calls_no_clear_win(tmp_path: Path) -> None:
     far_apart = {"a": MethodTruth(0.02, ratio=0.1), "b": MethodTruth(0.12, ratio=0.9)}
     write_results(tmp_path, SyntheticSpec(targets=("sentiment",), methods=far_apart, budgets=(8, 512), seeds=(0,),
                                           samples=0))
-    summary = write_report(tmp_path, tmp_path / "out", n_boot=N_BOOT)
+    summary = write_report(tmp_path, tmp_path / "out")
     compared = [w for w in summary["winners"] if w.get("runner_up") is not None]
     assert compared and all(w["clear"] is False and w["single_seed"] for w in compared)
     md = (tmp_path / "out" / "REPORT.md").read_text()
@@ -133,7 +132,7 @@ def test_propensity_only_store_reports_ab_propensity(tmp_path: Path) -> None:
     write_results(tmp_path, SyntheticSpec(targets=("caa",), methods=METHODS, budgets=(8, 64), samples=0,
                                           behavior_metric="ab_propensity"))
     assert "behavior" not in set(read_results(tmp_path).table["metric"])
-    summary = write_report(tmp_path, tmp_path / "out", threshold=0.55, n_boot=N_BOOT)
+    summary = write_report(tmp_path, tmp_path / "out", threshold=0.55)
     head = {h["method"]: h for h in summary["headline"]}
     assert set(head) == set(METHODS)
     for method, h in head.items():
@@ -142,8 +141,8 @@ def test_propensity_only_store_reports_ab_propensity(tmp_path: Path) -> None:
             assert h["behavior"][split]["mean"] == pytest.approx(_truth(method, split, 64), abs=1e-6)
         assert h["base_behavior"]["covered"] == pytest.approx(BASE)
         assert h["generalization"]["ratio"]["mean"] == pytest.approx(METHODS[method].ratio, abs=1e-6)
-    c = head["dpo"]["cost_to_threshold"]["covered"]  # 0.3 + 0.08 ln 8 = 0.466 < 0.55 <= 0.3 + 0.08 ln 64
-    assert (c["budget"], c["reached"]) == (64, True)
+    c = head["dpo"]["cost_to_threshold"]["covered"]  # 0.3 + 0.08 ln b = 0.55 at ln b = 3.125, between 8 and 64
+    assert c["reached"] and c["budget"] == pytest.approx(math.exp(0.25 / 0.08), rel=1e-6)
     md = (tmp_path / "out" / "REPORT.md").read_text()
     assert "Behavior is `ab_propensity` here" in md and "caa (`ab_propensity`)" in _section(md, "Models")
     headline = _section(md, "Headline")
@@ -169,7 +168,7 @@ def test_no_context_target_is_explained(tmp_path: Path) -> None:
     spec = SyntheticSpec(targets=("caa", "sentiment"), methods=METHODS, budgets=(8, 64, 512),
                          anticipations=(0.5, 0.25, 0.75), samples=0, one_context=("caa",))
     write_results(tmp_path, spec)
-    summary = write_report(tmp_path, tmp_path / "out", threshold=0.6, n_boot=N_BOOT)
+    summary = write_report(tmp_path, tmp_path / "out", threshold=0.6)
     md = (tmp_path / "out" / "REPORT.md").read_text()
     caa = md.split("### caa\n", 1)[1].split("###", 1)[0]
     assert "No uncovered split: anticipation has no effect" in caa

@@ -4,6 +4,7 @@ from the numbers, regenerate byte-identically, and never pull in torch."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -30,7 +31,6 @@ METHODS = {
 }
 RICH = SyntheticSpec(targets=("sentiment", "refusal"), methods=METHODS, budgets=(8, 64, 512),
                      anticipations=(0.5, 0.25, 1.0), noises=(0.0, 0.2), misspecs=(0.0, 0.3))
-N_BOOT = 200  # the report's numbers do not need 1,000 draws to be checked
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def rich(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def report(rich: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("report")
-    return out, write_report(rich, out, n_boot=N_BOOT)
+    return out, write_report(rich, out)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -130,25 +130,30 @@ def test_findings_are_generated_from_the_numbers(report: tuple[Path, dict], rich
     out, summary = report
     md = (out / "REPORT.md").read_text()
     head = {(h["target"], h["method"]): h for h in summary["headline"]}
-    # dpo+steering: 0.3 + 0.12 ln 64 = 0.799 < 0.8 <= 0.3 + 0.12 ln 512, so 512 labels on covered contexts.
+    # dpo+steering: 0.3 + 0.12 ln 64 = 0.799 < 0.8 <= 0.3 + 0.12 ln 512: interpolated in log budget, just above 64.
     c = head[("sentiment", "dpo+steering")]["cost_to_threshold"]["covered"]
-    assert (c["budget"], c["reached"]) == (512, True)
+    assert c["reached"] and 64 < c["budget"] < 70
     # sft never reaches 0.8 uncovered; its 'never' is null in JSON, never inf.
     c = head[("sentiment", "sft")]["cost_to_threshold"]["uncovered"]
     assert c["reached"] is False and c["budget"] is None
     assert "**sft** does not reach 0.8 on covered contexts within 512 labels" not in md  # sft reaches it: 4*512 cost
-    assert "**sft** reaches 0.8 on covered contexts with 512 labels (feedback cost 2,048" in md
+    labels = math.exp(0.5 / 0.09)  # 0.3 + 0.09 ln b = 0.8, between the budgets 64 and 512
+    assert f"**sft** reaches 0.8 on covered contexts with {labels:,.0f} labels (feedback cost {4 * labels:,.0f}" in md
     assert "does not reach 0.8 on uncovered contexts within 512 labels" in md
     ratio = head[("sentiment", "steering")]["generalization"]["ratio"]["mean"]
     assert ratio == pytest.approx(0.95, abs=1e-6)
     assert f"the uncovered gain is {ratio:.2f}" in md
     assert "Behavior on all test contexts falls with labeler noise" in md  # dpo: noise slope -0.3
     wins = {(w["target"], w["question"], w["split"]): w for w in summary["winners"]}
-    w = wins[("sentiment", "best generalization ratio", "uncovered/covered")]
-    assert (w["method"], w["runner_up"], w["clear"]) == ("steering", "dpo+steering", True)
+    # uncovered gain at 512 as a share of the 0.7 headroom: dpo+steering 0.12 x 0.7 x ln 512 / 0.7 = 0.75, dpo
+    # (0.1 x 0.5 x ln 512 + 0.2 x 0.5) / 0.7 = 0.59; the same seed offsets in both: a clear paired difference.
+    w = wins[("sentiment", "largest uncovered gain (share of headroom)", "uncovered")]
+    assert (w["method"], w["runner_up"], w["clear"]) == ("dpo+steering", "dpo", True)
+    assert w["value"] == pytest.approx(0.12 * 0.7 * math.log(512) / 0.7, abs=1e-6) and w["p_holm"] < 0.05
     w = wins[("sentiment", "highest behavior at largest budget", "covered")]
     assert w["method"] == "dpo+steering"
-    assert "- best generalization ratio (uncovered/covered): steering (0.95) ahead of dpo+steering" in md
+    assert "- largest uncovered gain (share of headroom) (uncovered): dpo+steering (0.75) ahead of dpo (0.59); " \
+        "clear (paired test, Holm-adjusted p" in md
     assert "| none (base) | - | 0.30 | 0.30 |" in md
 
 
@@ -157,12 +162,12 @@ def test_report_follows_the_data(tmp_path: Path) -> None:
     methods = {"a": MethodTruth(0.1, ratio=0.3), "b": MethodTruth(0.1, ratio=0.8)}
     spec = SyntheticSpec(targets=("sentiment",), methods=methods, budgets=(8, 64), samples=0)
     write_results(tmp_path / "r1", spec)
-    s1 = write_report(tmp_path / "r1", tmp_path / "o1", n_boot=N_BOOT)
+    s1 = write_report(tmp_path / "r1", tmp_path / "o1")
     swapped = SyntheticSpec(targets=("sentiment",), methods={"a": methods["b"], "b": methods["a"]}, budgets=(8, 64),
                             samples=0)
     write_results(tmp_path / "r2", swapped)
-    s2 = write_report(tmp_path / "r2", tmp_path / "o2", n_boot=N_BOOT)
-    pick = lambda s: next(w["method"] for w in s["winners"] if w["question"] == "best generalization ratio")  # noqa
+    s2 = write_report(tmp_path / "r2", tmp_path / "o2")
+    pick = lambda s: next(w["method"] for w in s["winners"] if w["question"].startswith("largest uncovered gain"))  # noqa
     assert (pick(s1), pick(s2)) == ("b", "a")
 
 
@@ -171,7 +176,7 @@ def test_report_regenerates_byte_identically(rich: Path, report: tuple[Path, dic
     before = _files(out)
     figures = {f"figures/{n}.{ext}" for n in F.FIGURES for ext in ("png", "csv")}
     assert figures | {"REPORT.md", "summary.json"} == set(before)
-    write_report(rich, out, n_boot=N_BOOT)
+    write_report(rich, out)
     after = _files(out)
     for name in before:
         assert after[name] == before[name], f"{name} differs between two runs"
@@ -191,7 +196,7 @@ def test_rerun_timings_do_not_change_the_report(tmp_path: Path) -> None:
                                   "durations": {"fit": 1.5 + run, "total": 2.5 + run},
                                   "chosen": {"fit_seconds": 0.1 * (run + 1), "layer": 2}}
             p.write_text(json.dumps(rec))
-        write_report(root, tmp_path / f"out{run}", n_boot=N_BOOT)
+        write_report(root, tmp_path / f"out{run}")
         outs.append(_files(tmp_path / f"out{run}"))
     assert outs[0] == outs[1]
     md = outs[0]["REPORT.md"].decode()
@@ -206,7 +211,7 @@ def test_report_names_bad_cells_and_missing_base(tmp_path: Path) -> None:
     (tmp_path / "cells" / "broken.json").write_text('{"run_id": "broken", "status": "ok", "rows": [', "utf-8")
     (tmp_path / "cells" / "oom.json").write_text(json.dumps({"run_id": "oom", "status": "failed",
                                                              "error": "CUDA out of memory\ntrace"}), "utf-8")
-    summary = write_report(tmp_path, tmp_path / "out", n_boot=N_BOOT)
+    summary = write_report(tmp_path, tmp_path / "out")
     md = (tmp_path / "out" / "REPORT.md").read_text()
     assert "| broken.json | not valid JSON" in md and "| oom | CUDA out of memory |" in md
     assert summary["skipped_files"][0]["name"] == "broken.json"
@@ -230,7 +235,7 @@ def test_stale_figures_are_removed(report: tuple[Path, dict], tmp_path: Path) ->
     one = tmp_path / "one"
     write_results(one, SyntheticSpec(targets=("sentiment",), methods={"dpo": METHODS["dpo"]}, budgets=(8, 64),
                                      samples=0))
-    summary = write_report(one, out, n_boot=N_BOOT)
+    summary = write_report(one, out)
     assert summary["figures"]["behavior_vs_anticipation"] is None
     assert not (out / "figures" / "behavior_vs_anticipation.png").exists()
     assert not (out / "figures" / "behavior_vs_anticipation.csv").exists()  # its data goes with it
@@ -246,7 +251,7 @@ def test_report_imports_no_training_stack(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from analysis.report import write_report\n"
-        f"write_report({str(store)!r}, {str(tmp_path / 'out')!r}, n_boot={N_BOOT})\n"
+        f"write_report({str(store)!r}, {str(tmp_path / 'out')!r})\n"
         "heavy = {'torch', 'transformers', 'trl', 'peft', 'study', 'methods'}\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
         "assert not bad, bad\n"
@@ -258,7 +263,7 @@ def test_report_imports_no_training_stack(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
     # The same store reported in this process (another hash seed) gives the same files.
-    write_report(store, tmp_path / "here", n_boot=N_BOOT)
+    write_report(store, tmp_path / "here")
     assert _files(tmp_path / "out") == _files(tmp_path / "here")
 
 

@@ -2,12 +2,14 @@
 
     git_sha()              # '3f0c…' or None outside a checkout
     package_versions()     # {'python': '3.11.7', 'torch': '2.13.0', ...}
+    node_info()            # {'host': 'gpu-3', 'node_id': '5c1f…', 'node_address': '10.0.0.3'} (node_*: in Ray only)
     code_fingerprint(Steering, packages=("methods",))   # '9a1e…': changes when steering's source (or its helpers) do
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import sys
 from collections.abc import Iterable
@@ -20,7 +22,11 @@ VERSIONED = ("torch", "transformers", "trl", "peft", "tokenizers", "numpy", "rlh
 
 @lru_cache(maxsize=1)
 def git_sha() -> str | None:
-    """The checkout's commit, read from .git without running git (None outside a checkout)."""
+    """The checkout's commit, read from .git without running git (None outside a checkout). A Ray worker runs code
+    shipped from the driver's checkout, outside any checkout: the driver passes its commit in the environment."""
+    shipped = os.environ.get("RLHF_VS_STEERING_GIT_SHA")
+    if shipped:
+        return shipped
     git = next((p / ".git" for p in Path(__file__).resolve().parents if (p / ".git").is_dir()), None)
     if git is None:
         return None
@@ -50,6 +56,16 @@ def package_versions() -> dict[str, str]:
             out[name] = version(name)
         except PackageNotFoundError:
             pass
+    return out
+
+
+def node_info() -> dict[str, str]:
+    """Where this process runs: the host name and, in a Ray worker or driver, the Ray node's id and IP address."""
+    out = {"host": platform.node()}
+    ray = sys.modules.get("ray")  # only a process that already uses Ray asks it; never imported here
+    if ray is not None and ray.is_initialized():
+        out["node_id"] = ray.get_runtime_context().get_node_id()
+        out["node_address"] = ray.util.get_node_ip_address()
     return out
 
 

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
+from study.core.timing import phase
 from study.lm.intervention import Intervention
 from study.lm.models import chat_format
 
@@ -133,10 +134,12 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], intervention: I
     """`n` completions per (rendered) prompt, the intervention active with each batch's padded prompt width."""
     per = max(1, batch_size // n)
     out: list[list[str]] = []
-    for k, s in enumerate(range(0, len(prompts), per)):
-        chunk = list(prompts[s:s + per])
-        width = tokenizer(chunk, return_tensors="pt", padding=True)["input_ids"].shape[1]
-        with (intervention or Intervention()).active(prompt_width=width):
-            out += sample(model, tokenizer, chunk, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
-                          batch_size=len(chunk) * n, seed=seed * 1_000_003 + k)
+    iv = intervention or Intervention()
+    with iv.session(), phase("generate"):  # an adapter is injected once for all batches
+        for k, s in enumerate(range(0, len(prompts), per)):
+            chunk = list(prompts[s:s + per])
+            width = tokenizer(chunk, return_tensors="pt", padding=True)["input_ids"].shape[1]
+            with iv.active(prompt_width=width):
+                out += sample(model, tokenizer, chunk, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
+                              batch_size=len(chunk) * n, seed=seed * 1_000_003 + k)
     return out

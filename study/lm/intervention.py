@@ -5,6 +5,8 @@ interface, so the model layer owns it; `methods.base` re-exports it for method a
 
     with intervention.active(prompt_width=w):   # hook-based ones act from the last prompt position on
         out = model.generate(**batch)
+    with intervention.session():                # many activations, one attachment (an adapter injected once)
+        ...
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ class Intervention:
         with self._activate(prompt_width):
             yield self
 
+    @contextmanager
+    def session(self) -> Iterator["Intervention"]:
+        """A span of work with many activations (an evaluation, a sampling run): an intervention that changes the
+        model itself may attach once at the first activation and stay attached, inert between activations, until
+        the session ends. Outside every session the model is left as it was found."""
+        yield self
+
     def __enter__(self) -> "Intervention":
         cm = self.active()
         cm.__enter__()
@@ -76,6 +85,13 @@ class Stacked(Intervention):
         for p in self.parts:
             text = p.prompt(text)
         return text
+
+    @contextmanager
+    def session(self) -> Iterator["Intervention"]:
+        with ExitStack() as stack:
+            for p in self.parts:
+                stack.enter_context(p.session())
+            yield self
 
     @contextmanager
     def _activate(self, prompt_width: int | None) -> Iterator[None]:

@@ -12,6 +12,15 @@ fails ("method X left a forward hook on model.layers.1") and `CellResult.retire`
 worker, as after an error that breaks the CUDA context; a poisoned worker's drift baselines are never reused. A method
 whose source changed since the grid was planned (its code fingerprint differs) fails before it runs.
 
+A worker process keeps what is safe to keep between its cells: the loaded model (one, keyed by the cell's model config
+and cache; its pristine snapshot is taken when it is first loaded and every later cell is checked against it), the
+target splits (cached in study.feedback.targets) and the drift baselines. A retiring worker drops all of them, so a
+process that cannot be replaced (a Ray task worker) loads the model afresh.
+
+With `profile` (or RLHF_VS_STEERING_PROFILE=1 in the worker's environment, which `study run --profile` sets), the
+cell's provenance gets `phases`: exclusive seconds per phase (load, splits, buy_labels, trainer_build, train, generate,
+score, kl, drift_baseline, ..., `other` for what no phase claims).
+
     result = run_cell(cells[0], progress=print)     # cells from study.run.grid.expand
     result.status, result.rows[0]                   # 'ok', {'run_id': ..., 'split': 'covered', 'metric': ...}
 """
@@ -34,6 +43,7 @@ from methods.registry import resolve
 from methods.stacking import fit_parts
 from study.core.config import from_dict
 from study.core.provenance import git_sha, package_versions
+from study.core.timing import phase, timing
 from study.feedback.catalog import resolve_target
 from study.feedback.labeler import Budget, Labeler, LabelerConfig
 from study.feedback.targets import ORGANISM_TARGETS, organism_target
@@ -46,6 +56,8 @@ from study.run.pristine import leftovers, snapshot
 from study.run.study_config import EvalConfig
 
 _DRIFT_CACHE: dict[str, dict[str, float]] = {}  # base-model drift baselines, per process (deterministic, so reusable)
+_MODEL_CACHE: dict[str, "_Loaded"] = {}  # at most one: the last model this process loaded, with its pristine snapshot
+PROFILE_ENV = "RLHF_VS_STEERING_PROFILE"
 BROKEN_DEVICE = ("CUDA error", "device-side assert", "CUBLAS_STATUS", "CUDNN_STATUS")  # the process's context is lost
 
 
@@ -71,13 +83,52 @@ class CellResult:
 
 
 # ---- the pieces of a cell ----------------------------------------------------------------------------------------
+@dataclass
+class _Loaded:
+    lm: Any  # LoadedModel
+    world: Any  # World or None
+    snap: Any  # the pristine snapshot taken right after loading
+    tokenizer_state: dict[str, Any]  # the tokenizer's plain attributes at load (padding side, ...), put back per cell
+    training: bool  # the model's train/eval mode at load, put back per cell
+    grads: dict[str, bool]  # requires_grad per parameter at load, put back per cell
+
+
+def _tokenizer_state(tokenizer: Any) -> dict[str, Any]:
+    return {k: v for k, v in vars(tokenizer).items() if isinstance(v, (str, int, float, bool, type(None)))}
+
+
 def _load(cell: Cell) -> tuple[Any, Any]:
-    """(LoadedModel, World or None)."""
+    """(LoadedModel, World or None), freshly loaded."""
     m = cell.config["model"]
     if m["path"] == "organism":
         org = from_dict(OrganismConfig, m["organism"])
         return organism_model(org, cell.cache_dir, dtype=m["dtype"]), World(org.world)
     return load_model(m["path"], dtype=m["dtype"], trust_remote_code=m["trust_remote_code"]), None
+
+
+def _cached_load(cell: Cell) -> tuple[_Loaded, bool]:
+    """The process's model for this cell (loaded if it holds another or none) and whether it was reused."""
+    key = json.dumps([cell.config["model"], str(cell.cache_dir)], sort_keys=True, default=str)
+    hit = _MODEL_CACHE.get(key)
+    if hit is not None:
+        for k, v in hit.tokenizer_state.items():
+            setattr(hit.lm.tokenizer, k, v)
+        hit.lm.model.train(hit.training)
+        for n, p in hit.lm.model.named_parameters():
+            p.requires_grad_(hit.grads.get(n, p.requires_grad))
+        return hit, True
+    _MODEL_CACHE.clear()  # one model per process: a study with several models does not pile them up in memory
+    lm, world = _load(cell)
+    loaded = _Loaded(lm, world, snapshot(lm.model), _tokenizer_state(lm.tokenizer), lm.model.training,
+                     {n: p.requires_grad for n, p in lm.model.named_parameters()})
+    _MODEL_CACHE[key] = loaded
+    return loaded, False
+
+
+def forget() -> None:
+    """Drop everything this process keeps between cells (the model, its snapshot, the drift baselines)."""
+    _MODEL_CACHE.clear()
+    _DRIFT_CACHE.clear()
 
 
 def _target(cell: Cell, world: Any) -> tuple[Any, list[Any]]:
@@ -115,9 +166,22 @@ def drift_key(cell: Cell) -> str:
 
 
 # ---- the cell ------------------------------------------------------------------------------------------------------
-def run_cell(cell: Cell, progress: Callable[[str], None] | None = None, work_dir: str | Path | None = None
-             ) -> CellResult:
-    """Run one cell and return its result (status "failed" with the error if anything in it went wrong)."""
+def run_cell(cell: Cell, progress: Callable[[str], None] | None = None, work_dir: str | Path | None = None,
+             profile: bool | None = None) -> CellResult:
+    """Run one cell and return its result (status "failed" with the error if anything in it went wrong).
+    `profile`: store phase timings in the provenance (None: as RLHF_VS_STEERING_PROFILE says)."""
+    if profile is None:
+        profile = os.environ.get(PROFILE_ENV, "").strip().lower() in ("1", "true", "yes")
+    with timing(profile) as timer:
+        result = _run_cell(cell, progress, work_dir)
+    if timer is not None:
+        phases = timer.seconds()
+        phases["other"] = round(result.provenance["durations"]["total"] - sum(phases.values()), 3)
+        result.provenance["phases"] = phases
+    return result
+
+
+def _run_cell(cell: Cell, progress: Callable[[str], None] | None, work_dir: str | Path | None) -> CellResult:
     stage = progress or (lambda s: None)
     c = cell.config
     t0 = time.perf_counter()
@@ -134,23 +198,27 @@ def run_cell(cell: Cell, progress: Callable[[str], None] | None = None, work_dir
 
         prov["torch_threads"] = torch.get_num_threads()
         stage("loading model")
-        lm, world = _load(cell)
-        snap = snapshot(lm.model)
+        with phase("load"):
+            loaded, reused = _cached_load(cell)
+        lm, world, snap = loaded.lm, loaded.world, loaded.snap
+        prov["model_reused"] = reused
         prov.update(model_id=c["model"].get("organism_key") or c["model"]["path"], model_family=lm.family,
                     device=str(next(lm.model.parameters()).device))
         durations["load"] = time.perf_counter() - t0
 
         t = time.perf_counter()
         stage("building target splits")
-        target, others = _target(cell, world)
-        ev = from_dict(EvalConfig, c["eval"])
-        splits = target.splits(c["anticipation"], c["seed"], ev.sizes)
+        with phase("splits"):
+            target, others = _target(cell, world)
+            ev = from_dict(EvalConfig, c["eval"])
+            splits = target.splits(c["anticipation"], c["seed"], ev.sizes)
         budget = Budget(c["budget"])
         labeler = Labeler(target, budget, from_dict(LabelerConfig, c["labeler"]), seed=c["seed"])
         durations["target"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        intervention = fit_parts(_parts(cell), lm, target, labeler, splits, c["seed"], scratch, stage)
+        with phase("fit"):
+            intervention = fit_parts(_parts(cell), lm, target, labeler, splits, c["seed"], scratch, stage)
         durations["fit"] = time.perf_counter() - t
         prov.update(method_config=json.dumps(c["method"]["parts"], sort_keys=True), chosen=intervention.chosen,
                     labels={"counts": dict(budget.counts), "costs": dict(budget.costs)})
@@ -158,11 +226,13 @@ def run_cell(cell: Cell, progress: Callable[[str], None] | None = None, work_dir
         t = time.perf_counter()
         stage("evaluating")
         key = drift_key(cell)
-        result = evaluate(lm, target, intervention, splits=splits, others=others, base=_DRIFT_CACHE.get(key),
-                          n_completions=ev.n_completions, temperature=ev.temperature,
-                          drift_completions=ev.drift_completions, seed=c["seed"], batch_size=ev.batch_size,
-                          progress=lambda s: stage(f"evaluating: {s}"))
-        left = leftovers(lm.model, snap)
+        with phase("evaluate"):
+            result = evaluate(lm, target, intervention, splits=splits, others=others, base=_DRIFT_CACHE.get(key),
+                              n_completions=ev.n_completions, temperature=ev.temperature,
+                              drift_completions=ev.drift_completions, seed=c["seed"], batch_size=ev.batch_size,
+                              progress=lambda s: stage(f"evaluating: {s}"))
+        with phase("pristine_check"):
+            left = leftovers(lm.model, snap)
         if left:  # checked before the drift baseline is kept: a leftover hook may have skewed it
             raise ModelNotPristine(f"method {c['method']['name']} left {'; '.join(left[:5])}"
                                    + (f"; and {len(left) - 5} more" if len(left) > 5 else "")
@@ -175,7 +245,9 @@ def run_cell(cell: Cell, progress: Callable[[str], None] | None = None, work_dir
             if extra is not None:
                 stage(f"evaluating: extra metrics of {type(part).__name__}")
                 others = parts[:i] + parts[i + 1:]
-                more_rows, more_samples = extra(lm, target, splits, others) if others else extra(lm, target, splits)
+                with phase("extra_metrics"):
+                    more_rows, more_samples = (extra(lm, target, splits, others) if others
+                                               else extra(lm, target, splits))
                 metrics += list(more_rows)
                 samples += list(more_samples)
         durations["evaluate"] = time.perf_counter() - t
@@ -206,11 +278,12 @@ def run_cell(cell: Cell, progress: Callable[[str], None] | None = None, work_dir
             if left:
                 retire = "the method left the base model changed"
                 prov["leftovers"] = left
-        if retire:  # nothing this process computed is reused; the executor replaces it where it can
-            _DRIFT_CACHE.clear()
+        if retire:  # nothing this process computed or loaded is reused; the executor replaces it where it can
+            forget()
             prov["worker_retired"] = retire
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        with phase("cleanup"):
+            shutil.rmtree(scratch, ignore_errors=True)
     durations["total"] = time.perf_counter() - t0
     prov.update(durations={k: round(v, 3) for k, v in durations.items()}, status=status, error=error)
     return CellResult(cell.run_id, status, error, c, prov, rows, samples, retire)

@@ -61,7 +61,7 @@ class Display:
         self.finished = 0
         self.failed = 0
         self.durations: list[float] = []
-        self.running: dict[str, list[Any]] = {}  # run_id -> [stage, started]
+        self.running: dict[str, list[Any]] = {}  # run_id -> [stage, started, node]
         self.console = console
         self.t0 = time.perf_counter()
         self.live = Live(get_renderable=self._render, console=console, refresh_per_second=4, transient=False) \
@@ -87,10 +87,10 @@ class Display:
 
     def event(self, ev: tuple) -> None:
         kind, run_id = ev[0], ev[1]
-        if kind == "start":
-            self.running[run_id] = ["starting", time.perf_counter()]
+        if kind == "start":  # Ray says on which node
+            self.running[run_id] = ["starting", time.perf_counter(), ev[2] if len(ev) > 2 and ev[2] else ""]
         elif kind == "stage":
-            self.running.setdefault(run_id, ["", time.perf_counter()])[0] = ev[2]
+            self.running.setdefault(run_id, ["", time.perf_counter(), ""])[0] = ev[2]
         elif kind == "done":
             status, error, seconds = ev[2], ev[3], ev[4]
             self.running.pop(run_id, None)
@@ -116,7 +116,7 @@ class Display:
                      Text(f"eta {fmt_seconds(self.eta())}"),
                      Text(f"{self.failed} failed" if self.failed else "", style="red"))
         body = Table.grid(padding=(0, 2))
-        for run_id, (stage, started) in sorted(self.running.items(), key=lambda kv: kv[1][1]):
+        for run_id, (stage, started, node) in sorted(self.running.items(), key=lambda kv: kv[1][1]):
             body.add_row(Text(f"  {self.labels.get(run_id, run_id)}"), Text(stage, style="cyan"),
-                         Text(fmt_seconds(now - started), style="dim"))
+                         Text(fmt_seconds(now - started), style="dim"), Text(node, style="dim"))
         return Group(head, body)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from study.core.errors import UserError
+from study.core.timing import phase
 from study.feedback.catalog import name_targets, resolve_target
 from study.feedback.external import unknown_share
 from study.feedback.splits import BehaviorTarget, Record, Splits, SplitSizes
@@ -80,15 +81,16 @@ def _behavior(model: Any, tokenizer: Any, target: BehaviorTarget, splits: Splits
         hits: list[float] = []
         benign: list[float] = []
         total = scorable = 0
-        for r, cs in zip(recs, comps):
-            for c in cs:
-                s = target.score(r.prompt, c)
-                total += 1
-                scorable += s is not None
-                if s is not None:
-                    (benign if r.request == "benign" else hits).append(s)
-                samples.append({"split": tag or name, "record": r.id, "context": r.context, "completion": c,
-                                "score": s, **({"request": r.request} if r.request else {})})
+        with phase("score"):
+            for r, cs in zip(recs, comps):
+                for c in cs:
+                    s = target.score(r.prompt, c)
+                    total += 1
+                    scorable += s is not None
+                    if s is not None:
+                        (benign if r.request == "benign" else hits).append(s)
+                    samples.append({"split": tag or name, "record": r.id, "context": r.context, "completion": c,
+                                    "score": s, **({"request": r.request} if r.request else {})})
         out[name] = {"behavior": (_mean(hits), len(hits)), "fluency": (scorable / total, total)}
         if any(r.request == "benign" for r in recs):
             out[name]["over_refusal"] = (_mean(benign), len(benign))
@@ -122,8 +124,9 @@ def _propensity(model: Any, tokenizer: Any, target: BehaviorTarget, splits: Spli
         if not recs:
             continue
         prompts = [render(tokenizer, intervention, r.prompt, target.chat) for r in recs]
-        pos, _ = sequence_logprobs(model, tokenizer, prompts, [r.positive for r in recs], intervention)
-        neg, _ = sequence_logprobs(model, tokenizer, prompts, [r.negative for r in recs], intervention)
+        with phase("propensity"):
+            pos, _ = sequence_logprobs(model, tokenizer, prompts, [r.positive for r in recs], intervention)
+            neg, _ = sequence_logprobs(model, tokenizer, prompts, [r.negative for r in recs], intervention)
         props = [1.0 / (1.0 + math.exp(b - a)) for a, b in zip(pos, neg)]
         samples += [{"split": name, "record": r.id, "context": r.context, "ab_propensity": p}
                     for r, p in zip(recs, props)]
@@ -142,11 +145,12 @@ def _neutral(model: Any, tokenizer: Any, recs: Sequence[Record], intervention: I
     longest = max(len(continuation_ids(tokenizer, r.positive)) for r in recs)
     comps = [c[0] for c in generate(model, tokenizer, policy_prompts, intervention, n=1, temperature=temperature,
                                     max_new_tokens=min(64, longest + 2), seed=seed * 7 + 5, batch_size=batch_size)]
-    if is_noop(intervention):  # the same computation twice: KL is exactly zero
-        kls, counts = [0.0] * len(recs), [len(continuation_ids(tokenizer, c)) if c else 0 for c in comps]
-    else:
-        kls, counts = kl_divergence(model, tokenizer, policy_prompts, base_prompts, comps, intervention)
-    nll, ntok = sequence_logprobs(model, tokenizer, policy_prompts, [r.positive for r in recs], intervention)
+    with phase("kl"):
+        if is_noop(intervention):  # the same computation twice: KL is exactly zero
+            kls, counts = [0.0] * len(recs), [len(continuation_ids(tokenizer, c)) if c else 0 for c in comps]
+        else:
+            kls, counts = kl_divergence(model, tokenizer, policy_prompts, base_prompts, comps, intervention)
+        nll, ntok = sequence_logprobs(model, tokenizer, policy_prompts, [r.positive for r in recs], intervention)
     samples = [{"split": "neutral", "record": r.id, "context": r.context, "completion": c, "kl": k, "kl_tokens": t,
                 "nll": -l, "tokens": m} for r, c, k, t, l, m in zip(recs, comps, kls, counts, nll, ntok)]
     kl_tokens = sum(counts)
@@ -178,7 +182,21 @@ def evaluate(lm: Any, target: BehaviorTarget, intervention: Intervention | None 
 
     `splits` default to `target.splits(anticipation, seed)`. `others`: targets whose drift to report; `base`: their
     base-model behavior (from `drift_baseline`, or computed here and returned in `EvalResult.base`).
+
+    The intervention is held in one `session()` for the whole evaluation: an adapter is injected once, and is inert
+    (the base model exactly) wherever the base model is read (KL's base side, the drift baseline).
     """
+    with (intervention or Intervention()).session():
+        return _evaluate(lm, target, intervention, splits=splits, anticipation=anticipation, others=others,
+                         base=base, n_completions=n_completions, temperature=temperature,
+                         max_new_tokens=max_new_tokens, drift_completions=drift_completions, seed=seed,
+                         batch_size=batch_size, progress=progress)
+
+
+def _evaluate(lm: Any, target: BehaviorTarget, intervention: Intervention | None, *, splits: Splits | None,
+              anticipation: float, others: Sequence[BehaviorTarget], base: dict[str, float] | None,
+              n_completions: int, temperature: float, max_new_tokens: int | None, drift_completions: int, seed: int,
+              batch_size: int, progress: Callable[[str], None] | None) -> EvalResult:
     say = progress or (lambda stage: None)
     model, tokenizer = lm.model, lm.tokenizer
     splits = splits or target.splits(anticipation, seed)
@@ -218,8 +236,9 @@ def evaluate(lm: Any, target: BehaviorTarget, intervention: Intervention | None 
             emit("all", {f"drift:{t.name}": (0.0, n_samples)})
             continue
         if t.name not in base:
-            base.update(drift_baseline(lm, [t], splits, n_completions=drift_completions, temperature=temperature,
-                                       seed=seed, batch_size=batch_size))
+            with phase("drift_baseline"):
+                base.update(drift_baseline(lm, [t], splits, n_completions=drift_completions, temperature=temperature,
+                                           seed=seed, batch_size=batch_size))
         res, s = _behavior(model, tokenizer, t, ts, intervention, n=drift_completions, temperature=temperature,
                            max_new_tokens=None, seed=seed, batch_size=batch_size, tag=f"drift:{t.name}")
         value, n = res["all"]["behavior"]

@@ -1,8 +1,9 @@
-"""Executors: run cells in local worker processes or as Ray tasks; both write through the same results store.
+"""Executors: run cells in local worker processes (here) or on Ray (study.run.ray_executor); both store each cell
+through the same results store.
 
 Both report what happens as events to one callback, for the progress display:
 
-    ("start", run_id)                        a worker took the cell
+    ("start", run_id[, node])                a worker took the cell (Ray adds its node's address)
     ("stage", run_id, text)                  the cell moved to a new stage ("fitting prompting", "evaluating: ...")
     ("done", run_id, status, error, seconds) the cell is stored, status "ok" or "failed"
 
@@ -17,17 +18,9 @@ and exits; a fresh worker takes its place. Workers store each cell themselves th
 parent loses only the cells in flight; a worker whose parent is gone exits at once (PR_SET_PDEATHSIG where Linux
 offers it, a watchdog thread everywhere).
 
-**Ray**: each cell is a Ray task (`num_cpus` = torch threads per cell) on the cluster at `address`, or on a local Ray
-instance started for the run. A task returns its record and samples and the driver writes them, so the workers need
-no shared filesystem (but they do need the organism cache, which the runner fills on the driver's machine before
-any task starts). A task past
-`cell_timeout` (from its "start" event) is cancelled with force, which kills its worker process; a task whose worker
-dies fails the cell. A task whose cell asks to retire its worker cannot end that process from inside (Ray reuses
-task workers): its drift baselines are dropped (run_cell does that), but a broken CUDA context stays with that Ray
-worker process until Ray recycles it.
+**Ray**: study.run.ray_executor (long-lived actors on a cluster, retried on node loss) reports the same events.
 
     run_local(cells, Store("results/x"), workers=2, on_event=print)
-    run_ray(cells, Store("results/x"), workers=2, address=None, on_event=print)
 """
 
 from __future__ import annotations
@@ -44,9 +37,9 @@ from study.run.grid import Cell, label_key
 from study.run.store import Store
 from study.core.provenance import git_sha, package_versions
 from study.run.cell import drift_key, run_cell
-from study.core.errors import UserError
 
 Event = tuple
+INFRASTRUCTURE = "InfrastructureError"  # the error prefix of failures caused by the cluster, not the cell
 ENV_PREFIXES = ("HF_", "TRANSFORMERS_", "RLHF_VS_STEERING", "XDG_CACHE_HOME", "TOKENIZERS_", "OMP_")
 # OpenMP threads that spin while waiting stall badly when the cores are shared (other workers, other users): a cell
 # of the organism took 30-50 s on 2 spinning threads against 5-7 s with passive waiting on a loaded 2-core machine
@@ -65,7 +58,7 @@ def threads_per_worker(workers: int) -> int:
     return max(1, cpu_count() // max(1, workers))
 
 
-def _set_threads(threads: int) -> None:
+def set_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
@@ -75,7 +68,7 @@ def _set_threads(threads: int) -> None:
         pass
 
 
-def _quiet() -> None:
+def quiet() -> None:
     """No per-model 'Loading weights' bars from workers: the runner has its own display."""
     try:
         from transformers.utils import logging as hf_logging
@@ -86,13 +79,25 @@ def _quiet() -> None:
         pass
 
 
-def failed_record(cell: Cell, error: str) -> dict[str, Any]:
-    """A cell record for a failure outside run_cell (a worker that died, a Ray task that crashed)."""
-
-    return {"run_id": cell.run_id, "status": "failed", "error": error, "config": cell.config,
-            "provenance": {"git_sha": git_sha(), "versions": package_versions(), "status": "failed", "error": error,
-                           "label_key": label_key(cell.config)},
+def failed_record(cell: Cell, error: str, infrastructure: bool = False, extra: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """A cell record for a failure outside run_cell (a worker that died, a lost Ray node). An infrastructure failure
+    (error "InfrastructureError: ...", provenance `failure: "infrastructure"`) says nothing about the method: the
+    runner counts such a cell as missing and computes it again."""
+    prov = {"git_sha": git_sha(), "versions": package_versions(), "status": "failed", "error": error,
+            "label_key": label_key(cell.config), **(extra or {})}
+    if infrastructure:
+        prov["failure"] = "infrastructure"
+    return {"run_id": cell.run_id, "status": "failed", "error": error, "config": cell.config, "provenance": prov,
             "rows": []}
+
+
+def is_infrastructure_failure(record: dict[str, Any] | None) -> bool:
+    """A stored failure caused by the cluster, not by the cell (see failed_record)."""
+    if not record or record.get("status") != "failed":
+        return False
+    prov = record.get("provenance") or {}
+    return prov.get("failure") == "infrastructure" or str(record.get("error") or "").startswith(INFRASTRUCTURE + ":")
 
 
 # ---- local processes ---------------------------------------------------------------------------------------------
@@ -125,8 +130,8 @@ def _worker_main(conn: Any, threads: int, sys_path: list[str], store_root: str, 
     os.environ.update(WORKER_ENV)
     _die_with_parent(parent)
     sys.path[:] = sys_path
-    _set_threads(threads)
-    _quiet()
+    set_threads(threads)
+    quiet()
 
     store = Store(store_root)
     while True:
@@ -150,7 +155,7 @@ def _worker_main(conn: Any, threads: int, sys_path: list[str], store_root: str, 
 _EXITING: list = []  # finished workers still shutting down, reaped by the next run_local
 
 
-class _Queue:
+class CellQueue:
     """Pending cells in groups that share work within a process (study.run.cell.drift_key). A free worker continues
     its own group, else starts a group nobody has started, else helps with the largest group left."""
 
@@ -238,7 +243,7 @@ def run_local(cells: list[Cell], store: Store, workers: int, on_event: Callable[
         return
     ctx = mp.get_context("spawn")
     threads = threads or threads_per_worker(workers)
-    pending = _Queue(cells)
+    pending = CellQueue(cells)
     pool: list[_Worker] = []
     finished = False
 
@@ -306,90 +311,3 @@ def run_local(cells: list[Cell], store: Store, workers: int, on_event: Callable[
             else:  # interrupted: stop them now (their cells are lost; nothing is half-written)
                 w.proc.kill()
                 w.proc.join()
-
-
-# ---- Ray -----------------------------------------------------------------------------------------------------------
-def _ray_cell(cell: Cell, threads: int, sys_path: list[str], env: dict[str, str], queue: Any) -> tuple[dict, list]:
-    for p in reversed(sys_path):
-        if p not in sys.path:
-            sys.path.insert(0, p)
-    os.environ.update(env)
-    _set_threads(threads)
-    _quiet()
-
-    def say(*event: Any) -> None:
-        try:
-            queue.put_nowait(event)
-        except Exception:  # the display is best effort; the result is what matters
-            pass
-
-    say("start", cell.run_id)
-    result = run_cell(cell, progress=lambda s: say("stage", cell.run_id, s))
-    return result.record(), result.samples
-
-
-def run_ray(cells: list[Cell], store: Store, workers: int, on_event: Callable[[Event], None],
-            address: str | None = None, threads: int | None = None, cell_timeout: float = 0.0) -> None:
-    """Run `cells` as Ray tasks: on the cluster at `address`, or on a local Ray with `workers` concurrent cells; a
-    task running longer than `cell_timeout` seconds (0: no limit) is cancelled and its cell stored as failed."""
-    if not cells:
-        return
-    try:
-        import ray
-        from ray.util.queue import Empty, Queue
-    except ImportError:
-
-        raise UserError("--executor ray: ray is not installed (pip install 'rlhf-vs-steering[ray]')") from None
-    threads = threads or (1 if address else threads_per_worker(workers))
-    started_here = not ray.is_initialized()
-    if started_here:
-        kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": workers * threads,
-                                                                           "include_dashboard": False}
-        ray.init(log_to_driver=False, configure_logging=False, runtime_env={"env_vars": WORKER_ENV}, **kwargs)
-    try:
-        queue = Queue(actor_options={"num_cpus": 0})
-        task = ray.remote(num_cpus=threads, max_retries=0)(_ray_cell)
-        env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
-        futures = {task.remote(c, threads, list(sys.path), env, queue): c for c in cells}
-        began = {c.run_id: time.perf_counter() for c in cells}
-        started: dict[str, float] = {}  # run_id -> when its task began (its "start" event)
-        timed_out: set[str] = set()
-
-        def drain() -> None:
-            while True:
-                try:
-                    event = queue.get_nowait()
-                except Empty:
-                    return
-                if event[0] == "start":
-                    started[event[1]] = time.perf_counter()
-                on_event(event)
-
-        while futures:
-            done, _ = ray.wait(list(futures), num_returns=len(futures), timeout=0.5)
-            drain()
-            for f, cell in list(futures.items()):
-                t = started.get(cell.run_id)
-                if cell_timeout and f not in done and t is not None and time.perf_counter() - t > cell_timeout \
-                        and cell.run_id not in timed_out:
-                    timed_out.add(cell.run_id)
-                    ray.cancel(f, force=True)  # kills the task's worker process; Ray starts another
-            for f in done:
-                cell = futures.pop(f)
-                try:
-                    record, samples = ray.get(f)
-                except Exception as exc:  # a crashed task or worker: the cell fails, the study goes on
-                    text = " ".join(str(exc).split())
-                    error = (f"CellTimeout: timed out after {cell_timeout:g} s (cell_timeout); its task was cancelled"
-                             if cell.run_id in timed_out else f"RayTaskError: {text[:1000]}")
-                    record, samples = failed_record(cell, error), None
-                store.write(record, samples)
-                seconds = (record.get("provenance") or {}).get("durations", {}).get("total",
-                                                                                    time.perf_counter() - began[
-                                                                                        cell.run_id])
-                on_event(("done", cell.run_id, record["status"], record["error"], seconds))
-        drain()
-    finally:
-        if started_here:
-            ray.shutdown()
-

@@ -1,7 +1,8 @@
 """The study runner: expand a config into cells, skip the stored ones, run the rest, show progress, summarize.
 
 Stored cells are never recomputed: a cell whose file says "ok" is done, one that says "failed" is done too unless
-`retry_failed`. So an interrupted study (Ctrl-C, SIGKILL, a lost machine) resumes where it stopped when run again,
+`retry_failed`; a cell that failed because of the cluster (a lost Ray node or worker, "InfrastructureError: ...")
+counts as missing and is always computed again. So an interrupted study (Ctrl-C, SIGKILL, a lost machine) resumes where it stopped when run again,
 and a warm rerun only reads the store and rewrites `table.parquet`. A cell's id covers its method's code
 (study.run.grid), so after an edit to a method's file its cells are to run again; the dry run marks them "stale" (the
 same cell is stored, computed by the earlier code, and left in place).
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +28,10 @@ from study.core.config import to_dict
 from study.core.errors import UserError
 from study.organism.pretrain import organism_info
 from study.run.display import Display, fmt_seconds, pretrain_with_progress
-from study.run.executors import cpu_count, run_local, run_ray
+from study.run.executors import cpu_count, is_infrastructure_failure, run_local
 from study.run.grid import Cell, expand, label_key, organisms
 from study.run.preflight import preflight
+from study.run.ray_executor import connect
 from study.run.study_config import StudyConfig, load_study
 from study.run.store import Store
 from methods.registry import REGISTRY, resolve
@@ -78,6 +81,18 @@ def plan(config: str | Path | StudyConfig | None = None, overrides: list[str] | 
     cache = str(Path(study.cache_dir).expanduser().resolve()) if study.cache_dir else None
     cells = expand(study, source, cache)
     return study, cells, Store(Path(results or study.results_dir))
+
+
+def stored_status(store: Store) -> dict[str, str]:
+    """Store.status() less the infrastructure failures (study.run.executors.failed_record): those cells are to run."""
+    status = store.status()
+    for run_id in [r for r, s in status.items() if s == "failed"]:
+        try:
+            if is_infrastructure_failure(store.read(run_id)):
+                del status[run_id]
+        except (OSError, ValueError):  # status() has read it already; a file removed since is missing anyway
+            status.pop(run_id, None)
+    return status
 
 
 def stale_cells(cells: list[Cell], status: dict[str, str], store: Store) -> set[str]:
@@ -132,7 +147,7 @@ def run_study(config: str | Path | StudyConfig | None = None, overrides: list[st
     if address and executor != "ray":
         raise UserError("--address applies to --executor ray only")
     study, cells, store = plan(config, overrides, results)
-    status = store.status()
+    status = stored_status(store)
     todo = [c for c in cells if c.run_id not in status or (retry_failed and status[c.run_id] == "failed")]
     summary = RunSummary(study.name, str(store.root), len(cells), len(cells) - len(todo), dry_run=dry_run)
     if dry_run:
@@ -150,7 +165,7 @@ def run_study(config: str | Path | StudyConfig | None = None, overrides: list[st
 
     store.ensure_writable()
     with store.lock():  # one run per results folder: a second one exits 2 instead of computing every cell twice
-        status = store.status()  # again, under the lock
+        status = stored_status(store)  # again, under the lock
         todo = [c for c in cells if c.run_id not in status or (retry_failed and status[c.run_id] == "failed")]
         summary.stored_before = len(cells) - len(todo)
         _run(study, cells, todo, store, summary, executor, workers, address, console)
@@ -166,21 +181,27 @@ def _run(study: StudyConfig, cells: list[Cell], todo: list[Cell], store: Store, 
     if todo:
         _ensure_organisms(todo, console)
         auto = all(c.config["model"]["path"] == "organism" for c in cells)  # small models: a worker per core
-        n = workers or study.workers or (cpu_count() if auto else 1)
-        concurrency = min(n, len(todo))
-        console.print(f"study {study.name}: {len(cells)} cells, {summary.stored_before} stored, {len(todo)} to run "
-                      f"({executor}, {concurrency} worker{'s' if concurrency != 1 else ''}); results in {store.root}",
-                      highlight=False, soft_wrap=True)
         # The organism is too small to gain from intra-op threads: one worker ran 20 of the default study's cells in
         # 84 s on one thread and in 106 s on two (benchmarks/results/runner.json). Other models: the cores divided
         # between the workers.
         threads = study.threads or (1 if auto else None)
-        with Display(todo, len(cells), summary.stored_before, concurrency, console) as display:
+        with ExitStack() as stack:
+            where = ""
+            if executor == "local":
+                n = workers or study.workers or (cpu_count() if auto else 1)
+                concurrency = min(n, len(todo))
+            else:  # a cluster's own size sets the concurrency (capped by --workers or `workers`)
+                n = workers or study.workers or (None if address else (cpu_count() if auto else 1))
+                cluster = stack.enter_context(connect(todo, address, n, threads, study.ray_gpus_per_cell))
+                concurrency, where = cluster.slots, f" on Ray: {cluster.describe()}"
+            console.print(f"study {study.name}: {len(cells)} cells, {summary.stored_before} stored, {len(todo)} to "
+                          f"run ({executor}, {concurrency} worker{'s' if concurrency != 1 else ''}{where}); results "
+                          f"in {store.root}", highlight=False, soft_wrap=True)
+            display = stack.enter_context(Display(todo, len(cells), summary.stored_before, concurrency, console))
             if executor == "local":
                 run_local(todo, store, concurrency, display.event, threads=threads, cell_timeout=study.cell_timeout)
             else:
-                run_ray(todo, store, concurrency, display.event, address=address, threads=threads,
-                        cell_timeout=study.cell_timeout)
+                cluster.run(todo, store, display.event, cell_timeout=study.cell_timeout, retries=study.ray_retries)
         summary.computed = display.finished
         try:
             (store.root / "work").rmdir()  # each cell removes its own scratch folder
@@ -213,8 +234,12 @@ def print_summary(s: RunSummary, console: Console) -> None:
         console.print(f"  [red]failed[/red] {run_id} {label}: {error}", highlight=False, soft_wrap=True)
     if len(s.failed) > 20:
         console.print(f"  ... and {len(s.failed) - 20} more", highlight=False)
-    if s.failed:
+    infra = sum(error.startswith("InfrastructureError:") for _, _, error in s.failed)
+    if len(s.failed) > infra:
         console.print("  rerun with --retry-failed to compute the failed cells again", highlight=False)
+    if infra:
+        console.print(f"  {infra} failed because of the cluster (InfrastructureError): a plain rerun computes them "
+                      f"again", highlight=False)
 
 
 def describe_methods() -> list[str]:

@@ -87,6 +87,9 @@ class StudyConfig:
     workers: int = 0  # local worker processes; 0: one per CPU core for organism-only studies, else 1
     threads: int = 0  # torch threads per worker (or Ray task); 0: 1 for organism studies, else the cores per worker
     cell_timeout: float = 0.0  # seconds a cell may run before its worker is stopped and it is stored failed; 0: none
+    # ---- --executor ray (README, Running on a cluster) ----
+    ray_retries: int = 3  # times a cell whose Ray worker or node was lost runs again before it is stored failed
+    ray_gpus_per_cell: float | None = None  # GPU share per cell of a Hugging Face model; None: 1 if the cluster has GPUs
 
     def validate(self) -> None:
         check(bool(self.name.strip()), "name", self.name, "must not be empty")
@@ -116,6 +119,9 @@ class StudyConfig:
         check(self.threads >= 0, "threads", self.threads, "must be >= 0 (0: automatic)")
         check(self.cell_timeout >= 0 and not math.isnan(self.cell_timeout), "cell_timeout", self.cell_timeout,
               "must be a number of seconds >= 0 (0: no limit)")
+        check(self.ray_retries >= 0, "ray_retries", self.ray_retries, "must be >= 0")
+        check(self.ray_gpus_per_cell is None or self.ray_gpus_per_cell >= 0, "ray_gpus_per_cell",
+              self.ray_gpus_per_cell, "must be >= 0 (a fraction shares a GPU between cells) or null (automatic)")
 
     def model_specs(self) -> list[ModelSpec]:
         """`models` as ModelSpecs (a string s is {name: s, path: s})."""
