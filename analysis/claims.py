@@ -87,6 +87,10 @@ def _cost_claim(s: Stats, tests: PairedTests, model: str, model_id: str, target:
                       "not measured: no uncovered split"), None
     a, b = rows[steer].iloc[0], rows[rival].iloc[0]
     n = int(min(a["n"], b["n"]))
+    single = [m for m in (steer, rival) if _budgets(s, model_id, target, m) < 2]
+    if single:  # a crossing needs budgets on both sides of it: with one budget the grid, not the data, sets the cost
+        return _claim(text, model, target, f"{steer} vs {rival}", None, None, None, n, -1.0,
+                      f"not measured: {' and '.join(single)} ran at one budget only"), None
     if a["reached"] and b["reached"]:
         d, se, k = tests.difference(("cheapest to threshold", "uncovered"), model_id, target, (steer, 0), (rival, 0))
         if k >= 2 and np.isfinite(d) and np.isfinite(se):
@@ -104,6 +108,12 @@ def _cost_claim(s: Stats, tests: PairedTests, model: str, model_id: str, target:
                       f"{other['method']} does not reach it within its largest budget: a bound"), None
     return _claim(text, model, target, f"{steer} vs {rival}", None, None, None, n, -1.0,
                   "not measured: neither reaches the threshold"), None
+
+
+def _budgets(s: Stats, model_id: str, target: str, method: str) -> int:
+    """How many budgets a method was run at, at the reference condition."""
+    a = M.at_reference(s.agg, s.ref)
+    return int(a.loc[(a["model_id"] == model_id) & (a["target"] == target) & (a["method"] == method), "budget"].nunique())
 
 
 def _max_cost(s: Stats, row: pd.Series) -> float:

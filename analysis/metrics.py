@@ -206,7 +206,7 @@ def cost_to_threshold(table: pd.DataFrame, threshold: float = 0.8, splits: Itera
         lo = hi = est
         if n_units > 1:
             q = t_crit(n_units - 1)
-            fin = np.log(loo[np.isfinite(loo)])
+            fin = np.log(loo[np.isfinite(loo) & (loo > 0)])  # a crossing at cost 0 has no log
             se = math.sqrt((n_units - 1) / n_units * float(np.sum((fin - fin.mean()) ** 2))) if fin.size else 0.0
             if np.isfinite(est):
                 lo, hi = est * math.exp(-q * se), (est * math.exp(q * se) if fin.size == n_units else math.inf)

@@ -192,3 +192,14 @@ def test_claims_follow_planted_answers(tmp_path: Path) -> None:
     assert all(c["verdict"] == "not measured" for c in summary["claims"] if "sharing" in c["claim"])
     md = (tmp_path / "out" / "REPORT.md").read_text()
     assert md.split("\n## ")[1].startswith("The claims, measured")
+
+
+def test_a_cost_claim_needs_more_than_one_budget(tmp_path: Path) -> None:
+    """With one budget run, every replicate's cost to threshold is that budget: the grid, not the data. Such a cost
+    claim is not measured (it would otherwise come out with a zero-width interval)."""
+    methods = {"rlhf": MethodTruth(0.06, ratio=0.5), "steering": MethodTruth(0.12, ratio=0.9)}
+    spec = SyntheticSpec(targets=("sentiment",), methods=methods, budgets=(64,), samples=0, cell_sd=0.01)
+    write_results(tmp_path / "store", spec)
+    summary = write_report(tmp_path / "store", tmp_path / "out", threshold=0.3)
+    cost = [c for c in summary["claims"] if "lower feedback cost" in c["claim"]]
+    assert cost and all(c["verdict"] == "not measured" and "one budget only" in c["note"] for c in cost)
