@@ -44,3 +44,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def fit_context(lm_world, budget: int, config, seed: int = 0, target: str = "sentiment", anticipation: float = 1.0):
+    """A FitContext on (LoadedModel, world) with a fresh labeler and `budget` units, splits at `anticipation`."""
+    from methods.base import FitContext
+    from study.feedback.labeler import Budget, Labeler
+    from study.feedback.targets import organism_target
+
+    lm, world = lm_world
+    t = organism_target(target, world)
+    splits = t.splits(anticipation, seed=seed)
+    return FitContext(model=lm, target=t, labeler=Labeler(t, Budget(budget), seed=seed), pool=list(splits.pool),
+                      select=list(splits.select), budget=budget, seed=seed, config=config)
+
+
+@pytest.fixture(scope="session")
+def make_context():
+    """`make_context(lm_world, budget, config, seed=0, target="sentiment", anticipation=1.0) -> FitContext`."""
+    return fit_context

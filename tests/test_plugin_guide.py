@@ -54,7 +54,11 @@ def test_micro_context_fits_the_guide_example_within_its_budget_and_the_hook_is_
     assert isinstance(ctx.model, LoadedModel) and ctx.budget == 16 and ctx.pool and ctx.select
     iv = example.LogitBias(ctx.config).fit(ctx)
     assert ctx.labeler.account.spent <= 16 and iv.chosen["pairs"] == 4  # half the budget, 2 units a pair
-    model, tok = ctx.model.model, ctx.model.tokenizer
+    assert_adds_exactly_its_bias(iv, ctx.model.model, ctx.model.tokenizer)
+
+
+def assert_adds_exactly_its_bias(iv, model, tok) -> None:
+    """Inside `with iv` the logits move by exactly strength x bias; outside, they are the base's and no hook is left."""
     batch = tok(["review of hotel : the bed was"], return_tensors="pt")
     with torch.no_grad():
         base = model(**batch).logits

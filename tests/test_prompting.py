@@ -11,8 +11,8 @@ from methods.base import FitContext
 from methods.prompting import Prompting, PromptingConfig, PromptIntervention
 from methods.registry import resolve
 from study.core.errors import ConfigError, UserError
-from study.feedback.labeler import Budget, Labeler
-from study.feedback.targets import organism_target
+from conftest import fit_context
+from test_plugin_guide import assert_adds_exactly_its_bias
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,12 +23,7 @@ def lm(micro_lm):
 
 
 def context(lm_world, budget: int, config, seed: int = 0, target: str = "sentiment") -> FitContext:
-    lm, world = lm_world
-    t = organism_target(target, world)
-    splits = t.splits(0.5, seed)
-    labeler = Labeler(t, Budget(budget), seed=seed)
-    return FitContext(model=lm, target=t, labeler=labeler, pool=list(splits.pool), select=list(splits.select),
-                      budget=budget, seed=seed, config=config)
+    return fit_context(lm_world, budget, config, seed, target, anticipation=0.5)
 
 
 def test_instruction_only_costs_nothing_and_uses_the_worlds_instruction(lm):
@@ -97,16 +92,8 @@ def test_guide_example_method_adds_exactly_its_bias_to_the_logits_and_removes_it
     iv = cls(cls.Config()).fit(ctx)
     assert iv.chosen["pairs"] == 4 and ctx.labeler.account.counts["contrast"] == 4  # half the budget, 2 per pair
     assert ctx.labeler.account.spent <= 16 and iv.chosen["strength"] in cls.Config().strengths
-    model, tok = lm[0].model, lm[0].tokenizer
-    batch = tok(["review of hotel : the bed was"], return_tensors="pt")
-    with torch.no_grad():
-        base = model(**batch).logits
-        with iv:
-            steered = model(**batch).logits
-        after = model(**batch).logits
-    assert torch.allclose(steered - base, (iv.strength * iv.bias).expand_as(base), atol=1e-5)
-    assert torch.equal(after, base) and not model.get_output_embeddings()._forward_hooks
-    positive = tok("cozy", add_special_tokens=False)["input_ids"][0]
+    assert_adds_exactly_its_bias(iv, lm[0].model, lm[0].tokenizer)
+    positive = lm[0].tokenizer("cozy", add_special_tokens=False)["input_ids"][0]
     assert iv.bias[positive] >= 0  # a desired word is never pushed down
 
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from methods.base import FitContext, Intervention
+from conftest import fit_context
 from study.feedback.labeler import Budget, Labeler
-from study.feedback.targets import organism_target
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,12 +28,7 @@ def lm(micro_lm):
 
 
 def make_ctx(lm, budget: int, config, seed: int = 0, target: str = "sentiment") -> FitContext:
-    lm, world = lm
-    t = organism_target(target, world)
-    splits = t.splits(1.0, seed=seed)
-    labeler = Labeler(t, Budget(budget), seed=seed)
-    return FitContext(model=lm, target=t, labeler=labeler, pool=list(splits.pool), select=list(splits.select),
-                      budget=budget, seed=seed, config=config)
+    return fit_context(lm, budget, config, seed, target)
 
 
 def base_outputs(lm) -> tuple[list[torch.Tensor], list[list[str]]]:
