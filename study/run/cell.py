@@ -48,6 +48,7 @@ from study.feedback.catalog import resolve_target
 from study.feedback.labeler import Budget, Labeler, LabelerConfig
 from study.feedback.targets import ORGANISM_TARGETS, organism_target
 from study.lm.models import load_model
+from study.lm.smollm2 import model_source, resolve_model_path
 from study.organism.pretrain import OrganismConfig, organism_model
 from study.organism.world import World, WorldConfig
 from study.run.evaluate import evaluate
@@ -103,7 +104,8 @@ def _load(cell: Cell) -> tuple[Any, Any]:
     if m["path"] == "organism":
         org = from_dict(OrganismConfig, m["organism"])
         return organism_model(org, cell.cache_dir, dtype=m["dtype"]), World(org.world)
-    return load_model(m["path"], dtype=m["dtype"], trust_remote_code=m["trust_remote_code"]), None
+    return load_model(resolve_model_path(m["path"], cell.cache_dir), dtype=m["dtype"],
+                      trust_remote_code=m["trust_remote_code"]), None
 
 
 def _cached_load(cell: Cell) -> tuple[_Loaded, bool]:
@@ -204,6 +206,9 @@ def _run_cell(cell: Cell, progress: Callable[[str], None] | None, work_dir: str 
         prov["model_reused"] = reused
         prov.update(model_id=c["model"].get("organism_key") or c["model"]["path"], model_family=lm.family,
                     device=str(next(lm.model.parameters()).device))
+        source = model_source(lm.name)  # a converted model (smollm2-135m): its source file's hash, its quantization
+        if source is not None:
+            prov["model_source"] = source
         durations["load"] = time.perf_counter() - t0
 
         t = time.perf_counter()

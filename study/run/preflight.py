@@ -31,6 +31,7 @@ from study.core.errors import ConfigError, UserError
 from study.feedback.catalog import name_targets, parse_spec, rebase, resolve_target
 from study.feedback.external import unknown_share
 from study.lm.architectures import lora_target_modules
+from study.lm.smollm2 import is_named_model
 from study.organism.pretrain import build_tokenizer
 from study.organism.world import World
 from study.run.study_config import StudyConfig
@@ -93,6 +94,8 @@ def check_dtype(dtype: str, where: str) -> None:
 
 def check_model_path(path: str, where: str) -> None:
     """A Hugging Face model: a local folder with config.json, or a hub name that can be fetched or is cached."""
+    if is_named_model(path):
+        return  # study.lm.smollm2: fetched from the package registry and converted when a cell first loads it
     p = Path(path).expanduser()
     if p.is_dir():
         if not (p / "config.json").is_file():
