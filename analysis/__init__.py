@@ -6,9 +6,11 @@ torch, transformers, `study` or `methods`, so a report regenerates in seconds on
     from analysis.report import write_report
     summary = write_report("results/default", "reports")
 
-Modules: `table` (load the store, with each model's identity and organism draws), `prepare` (pool draws, behavior
-measure, P(fluent and desired)), `stats` (t intervals, jackknife, paired tests, Holm), `metrics` (aggregation over
+Modules: `table` (load the store, with each model's identity and organism draws), `prepare` (pool draws, set the
+ceiling cells apart, behavior measure, P(fluent and desired)), `stats` (t intervals, jackknife, paired tests, Holm),
+`calibration` (the simulation behind the interval rule: organisms are a random effect), `metrics` (aggregation over
 replicates, derived metrics), `paired` (paired method comparisons), `figures` (PNG figures, drawn with the helpers in
-`plotting`), `findings` (headline numbers, winner calls and generated sentences), `claims` (the motivating argument's
-claims with verdicts), `report` (REPORT.md + summary.json), `synthetic` (results stores with known answers).
+`plotting`), `headline` (headline numbers and tables), `findings` (winner calls and generated sentences), `claims`
+(the motivating argument's claims with corrected intervals and verdicts), `report` (REPORT.md + summary.json),
+`synthetic` (results stores with known answers).
 """

@@ -1,11 +1,14 @@
 """Aggregation over replicates with t intervals, and the study's derived metrics, all from the tidy results table.
 
-Every CI is a 95% t interval over the replicates of a cell (`analysis.stats`): seeds, or organism draws (each draw's
-mean over its seeds) where the table was pooled over several draws of one organism config (`pool_draws`). A derived
-metric (a ratio, a slope, a crossing point) gets the jackknife standard error over the same units. `n` is always the
-number of replicates (organisms x seeds) and n=1 is flagged (its CI collapses to the value). Gains are paired by
-replicate against the base model (method "none") with the same model, target, anticipation, labeler settings, draw
-and seed.
+Every CI is a 95% t interval over the replicates of a cell (`analysis.stats`): seeds where the cell ran on one
+organism draw, else the organism draws (each draw's mean over its seeds), with draws - 1 degrees of freedom: the
+organism is a random effect, and runs of one draw share it (`analysis.calibration` measures why: at 3 draws x 2 seeds
+an interval over the 6 runs covers 83% when the draws' SD is twice the seeds', the interval over draw means 95%). A
+derived metric (a ratio, a slope, a crossing point) gets the jackknife standard error over the same units. `n` is
+always the number of runs (organisms x seeds; `organisms` beside it) and n=1 is flagged (its CI collapses to the
+value). Gains are paired by replicate against the base model (method "none") with the same model, target,
+anticipation, labeler settings, draw and seed; headroom-normalized gains divide by (ceiling - base), the ceiling
+being the cells with coverage "ceiling" (`prepare.split_ceiling`).
 
     t = pool_draws(results.table, results.draws())
     agg = aggregate(t)
@@ -21,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.stats import Stat, jackknife_ci, t_crit
-from analysis.prepare import (behavior_measures, missing_splits, pool_draws, with_fluent_desired,  # noqa: F401
-                              with_model_id)
+from analysis.prepare import (behavior_measures, draws_per_method, missing_splits, pool_draws,  # noqa: F401
+                              split_ceiling, with_desired, with_model_id)
 from analysis.table import BASE_METHOD
 
 # `model_id` (the model's identity) is what keeps two models apart; `model`, its one-to-one label, rides along.
@@ -41,6 +44,12 @@ def method_order(methods: Iterable[str]) -> list[str]:
     return ([BASE_METHOD] if BASE_METHOD in uniq else []) + [m for m in uniq if m != BASE_METHOD]
 
 
+def n_text(n: int, organisms: int) -> str:
+    """The replicate count as "organisms x seeds" (3x2), or "n runs on k organisms" where seeds differ per organism."""
+    n, organisms = int(n), max(int(organisms), 1)
+    return f"{organisms}x{n // organisms}" if n % organisms == 0 else f"{n} runs on {organisms} organisms"
+
+
 def units(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
     """The replicate unit of each row within its group of `keys`: the organism draw where the group holds several
     draws (a random effect: its seeds are averaged first), else the seed."""
@@ -54,15 +63,18 @@ def replicate_ci(frame: pd.DataFrame, keys: list[str], cols: list[str], stats: d
     """A t interval per group of `keys` for each stat, a function of the unit means of `cols` (jackknife SE).
 
     `frame` has `draw` and `seed` columns (repeats of a replicate are averaged; NaN entries are left out of that
-    column's mean only). Returns the keys, and for each stat `name`, `name_lo`, `name_hi`; plus `n` (replicates,
-    organisms x seeds, with a value) and `single_seed` (n = 1: the CI collapses to the value).
+    column's mean only). Returns the keys, and for each stat `name`, `name_lo`, `name_hi`; plus `n` (runs, organisms
+    x seeds, with a value), `organisms` (draws with a value) and `single_seed` (n = 1: the CI collapses to the value).
     """
     out_cols = [c for s in stats for c in (s, f"{s}_lo", f"{s}_hi")]
     if frame.empty:
-        return pd.DataFrame(columns=keys + out_cols + ["n", "single_seed"])
+        return pd.DataFrame(columns=keys + out_cols + ["n", "organisms", "single_seed"])
     frame = with_model_id(frame)
     reps = frame.groupby(keys + ["draw", "seed"], sort=True, dropna=False)[cols].mean()
-    n_reps = reps.notna().any(axis=1).groupby(level=list(range(len(keys))), sort=True, dropna=False).sum()
+    has = reps.notna().any(axis=1)
+    levels = list(range(len(keys)))
+    n_reps = has.groupby(level=levels, sort=True, dropna=False).sum()
+    n_orgs = has[has].reset_index().groupby(keys, sort=True, dropna=False)["draw"].nunique()
     f = frame.assign(unit=units(frame, keys)).groupby(keys + ["unit"], sort=True, dropna=False)[cols].mean()
     f = f.reset_index()
     sizes = f.groupby(keys, sort=True, dropna=False).size()
@@ -81,6 +93,7 @@ def replicate_ci(frame: pd.DataFrame, keys: list[str], cols: list[str], stats: d
     for c in out_cols:
         out[c] = result[c]
     out["n"] = n_reps.to_numpy().astype(np.int64)
+    out["organisms"] = n_orgs.reindex(n_reps.index).fillna(0).to_numpy().astype(np.int64)
     out["single_seed"] = out["n"] == 1
     return out
 
@@ -99,15 +112,34 @@ def aggregate(table: pd.DataFrame) -> pd.DataFrame:
     return agg.merge(extra.reset_index(), on=keys, how="left")
 
 
-def with_base(table: pd.DataFrame, metric: str = "behavior") -> pd.DataFrame:
+def with_base(table: pd.DataFrame, metric: str = "behavior", ceiling: pd.DataFrame | None = None) -> pd.DataFrame:
     """Rows of `metric` for every method but the base, with the replicate-matched base value and `gain` (NaN if no
-    base)."""
+    base); with `ceiling` rows (coverage "ceiling") also `ceiling`, the achievable level of the row's split."""
     table = with_model_id(table)
     rows = table[table["metric"] == metric]
     on = MATCH_KEYS + REPLICATE + ["split"]
     base = rows[rows["method"] == BASE_METHOD].groupby(on, sort=True)["value"].mean().rename("base").reset_index()
     out = rows[rows["method"] != BASE_METHOD].merge(base, on=on, how="left")
     out["gain"] = out["value"] - out["base"]
+    if ceiling is not None:
+        out["ceiling"] = ceiling_of(out, ceiling, metric)
+    return out
+
+
+def ceiling_of(rows: pd.DataFrame, ceiling: pd.DataFrame, metric: str = "behavior") -> np.ndarray:
+    """The ceiling of each row's (model, target, split): the ceiling cells' mean on the row's own organism draw and
+    seed, else on its draw, else over every ceiling cell of that model and target (the level the study could reach,
+    whichever method did). NaN where the model and target have no ceiling cell."""
+    out = np.full(len(rows), np.nan)
+    c = with_model_id(ceiling)
+    c = c[c["metric"] == metric]
+    if c.empty or rows.empty:
+        return out
+    for keys in (["model_id", "target", "split", "draw", "seed"], ["model_id", "target", "split", "draw"],
+                 ["model_id", "target", "split"]):
+        level = c.groupby(keys, sort=True)["value"].mean().rename("_c").reset_index()
+        got = rows[keys].merge(level, on=keys, how="left")["_c"].to_numpy()
+        out = np.where(np.isnan(out), got, out)
     return out
 
 
@@ -177,6 +209,7 @@ def cost_to_threshold(table: pd.DataFrame, threshold: float = 0.8, splits: Itera
     """Budget (and feedback cost) at which the mean `metric` crosses `threshold`, per method, condition and split,
     interpolated in log budget between the last budget below and the first at or above (`crossing`).
 
+    `at_first`: the mean reaches it at the smallest budget already, so the cost is at most that budget's (a bound).
     CI: t interval on the log crossing budget with the jackknife SE over replicates (each unit's cells at every
     budget move together); hi is inf where leaving a unit out never reaches the threshold, and the estimate is inf
     where the mean never does (lo is then the lowest crossing of a leave-one-out curve, or inf).
@@ -204,10 +237,13 @@ def cost_to_threshold(table: pd.DataFrame, threshold: float = 0.8, splits: Itera
             est = float(crossing(np.nansum(x, 0) / have.sum(0), b, threshold))
             loo = crossing((np.nansum(x, 0) - np.nan_to_num(x)) / (have.sum(0) - have), b, threshold)[have.any(1)]
         lo = hi = est
+        log_se = 0.0 if n_units == 1 else math.nan  # the SE of ln(crossing budget), where every unit crosses
         if n_units > 1:
             q = t_crit(n_units - 1)
             fin = np.log(loo[np.isfinite(loo) & (loo > 0)])  # a crossing at cost 0 has no log
             se = math.sqrt((n_units - 1) / n_units * float(np.sum((fin - fin.mean()) ** 2))) if fin.size else 0.0
+            if np.isfinite(est) and est > 0 and fin.size == n_units:
+                log_se = se
             if np.isfinite(est):
                 lo, hi = est * math.exp(-q * se), (est * math.exp(q * se) if fin.size == n_units else math.inf)
             else:  # never reached on the mean: the lowest leave-one-out crossing bounds it from below
@@ -217,39 +253,48 @@ def cost_to_threshold(table: pd.DataFrame, threshold: float = 0.8, splits: Itera
             "threshold": threshold, "budget": est, "budget_lo": lo, "budget_hi": hi,
             "feedback_cost": at(est, "feedback_cost"), "cost_lo": at(lo, "feedback_cost"),
             "cost_hi": at(hi, "feedback_cost"), "labels": at(est, "labels_used"), "reached": bool(np.isfinite(est)),
-            "max_budget": float(b.max()), "n": int(len(np.unique(grp["draw"] * 1_000_003 + grp["seed"]))),
+            "max_budget": float(b.max()), "max_cost": at(float(b.max()), "feedback_cost"),
+            "at_first": bool(est == b[0]),
+            "n": int(len(np.unique(grp["draw"] * 1_000_003 + grp["seed"]))),
+            "organisms": int(len(np.unique(grp["draw"]))), "units": n_units, "log_se": log_se,
             "base": float(base.get(key, np.nan)),
         })
     cols = keys + ["threshold", "budget", "budget_lo", "budget_hi", "feedback_cost", "cost_lo", "cost_hi", "labels",
-                   "reached", "max_budget", "n", "base"]
+                   "reached", "max_budget", "max_cost", "at_first", "n", "organisms", "units", "log_se", "base"]
     return pd.DataFrame(records, columns=cols)
 
 
-def generalization(table: pd.DataFrame, min_gain: float = 0.02) -> pd.DataFrame:
-    """Uncovered gains per config: absolute (`gain_uncovered`), headroom-normalized (`headroom_uncovered` =
-    (method - base) / (1 - base), the share of what was left to gain), and the ratio to the covered gain.
+def generalization(table: pd.DataFrame, min_gain: float = 0.02, ceiling: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Gains over the base per config, paired by replicate: absolute (`gain_covered`, `gain_uncovered`), as a share
+    of the headroom the ceiling left (`headroom_*` = gain / (ceiling - base), where `ceiling` rows exist and the
+    ceiling stands at least `min_gain` above the base), and the ratio of the uncovered to the covered gain.
 
     The ratio is NaN where the covered gain is below `min_gain`, or its CI does not exclude 0 (`covered_gain_clear`
     False; always so with one replicate): a ratio over a gain that is noise says nothing.
     """
     table = with_model_id(table)
-    b = with_base(table)
+    b = with_base(table, ceiling=ceiling if ceiling is not None else table.iloc[:0])
     b = b[b["split"].isin(["covered", "uncovered"])]
     per = CONFIG_KEYS + REPLICATE + ["split"]
-    wide = b.groupby(per, sort=True)[["gain", "base"]].mean().unstack("split")
-    wide = wide.reindex(columns=pd.MultiIndex.from_product([["gain", "base"], ["covered", "uncovered"]]))
-    wide.columns = ["covered", "uncovered", "base_covered", "base_uncovered"]
+    wide = b.groupby(per, sort=True)[["gain", "base", "ceiling"]].mean().unstack("split")
+    wide = wide.reindex(columns=pd.MultiIndex.from_product([["gain", "base", "ceiling"], ["covered", "uncovered"]]))
+    cols = ["covered", "uncovered", "base_covered", "base_uncovered", "ceiling_covered", "ceiling_uncovered"]
+    wide.columns = cols
     wide = wide.reset_index()
 
     def ratio(m: dict[str, np.ndarray]) -> np.ndarray:
         return np.where(np.abs(m["covered"]) >= min_gain, m["uncovered"] / m["covered"], np.nan)
 
     def headroom(split: str) -> Stat:
-        return lambda m: m[split] / (1.0 - m[f"base_{split}"])
+        def share(m: dict[str, np.ndarray]) -> np.ndarray:
+            room = m[f"ceiling_{split}"] - m[f"base_{split}"]
+            return np.where(room >= min_gain, m[split] / room, np.nan)
+        return share
 
     stats = {"ratio": ratio, "gain_covered": lambda m: m["covered"], "gain_uncovered": lambda m: m["uncovered"],
-             "headroom_covered": headroom("covered"), "headroom_uncovered": headroom("uncovered")}
-    out = replicate_ci(wide, CONFIG_KEYS, ["covered", "uncovered", "base_covered", "base_uncovered"], stats)
+             "headroom_covered": headroom("covered"), "headroom_uncovered": headroom("uncovered"),
+             "ceiling_covered": lambda m: m["ceiling_covered"], "ceiling_uncovered": lambda m: m["ceiling_uncovered"]}
+    out = replicate_ci(wide, CONFIG_KEYS, cols, stats)
     # A ratio is read only over a covered gain that is clearly above zero: its CI excludes 0, which one replicate
     # cannot show. Elsewhere the ratio is noise over noise, however large.
     out["covered_gain_clear"] = (out["gain_covered_lo"] > 0) & (out["n"] >= 2)
@@ -283,16 +328,15 @@ def slope(table: pd.DataFrame, x: str = "anticipation", metric: str = "behavior"
             theta = np.where(sxx > 0, (w * dx * dy).sum(1) / sxx, np.nan)
         est = float(np.polyfit(xs, ys, 1)[0])
         n_u = len(uniq)
-        if n_u > 1:
-            se = math.sqrt((n_u - 1) / n_u * float(np.sum((theta - theta.mean()) ** 2)))
-            half = t_crit(n_u - 1) * se
-        else:
-            half = 0.0
+        se = math.sqrt((n_u - 1) / n_u * float(np.sum((theta - theta.mean()) ** 2))) if n_u > 1 else 0.0
+        half = t_crit(n_u - 1) * se if n_u > 1 else 0.0
         n = int(len(np.unique(grp["draw"] * 1_000_003 + grp["seed"])))
         records.append(dict(zip(keys, key)) | {
-            "x": x, "slope": est, "slope_lo": est - half, "slope_hi": est + half, "x_min": float(xs.min()),
-            "x_max": float(xs.max()), "n_x": int(np.unique(xs).size), "n": n, "single_seed": n == 1})
-    cols = keys + ["x", "slope", "slope_lo", "slope_hi", "x_min", "x_max", "n_x", "n", "single_seed"]
+            "x": x, "slope": est, "slope_lo": est - half, "slope_hi": est + half, "slope_se": se, "units": n_u,
+            "x_min": float(xs.min()), "x_max": float(xs.max()), "n_x": int(np.unique(xs).size), "n": n,
+            "organisms": int(np.unique(grp["draw"]).size), "single_seed": n == 1})
+    cols = keys + ["x", "slope", "slope_lo", "slope_hi", "slope_se", "units", "x_min", "x_max", "n_x", "n",
+                   "organisms", "single_seed"]
     return pd.DataFrame(records, columns=cols)
 
 

@@ -3,9 +3,11 @@
 Deterministic: no timestamps or absolute paths in the outputs, no random draws (t intervals), sorted keys, byte-identical PNGs, so
 regenerating a report from the same store gives identical files. Files are written to a temporary name and renamed.
 Numbers are per model (the "Models" section names each model's identity); a target evaluated by A/B propensity alone
-reads `ab_propensity` as its behavior. Draws of one organism config (configs that differ only in the pretraining
-seed) are pooled into one model, a random effect: its intervals are over organisms x seeds. The report opens with the
-motivating argument's claims, each with an interval and a verdict (`analysis.claims`).
+reads `ab_propensity` as its behavior. Organism draws (the rows' `draw`: pretraining seeds of one organism config)
+are replicates of one model, a random effect: every interval is over organism draws (each the mean of its seeds)
+where there are several, and every n reads organisms x seeds; methods that ran on different draws are named. Cells
+with coverage "ceiling" are set apart as the achievable level per split. The report opens with the motivating
+argument's claims, each with a corrected interval and a verdict (`analysis.claims`).
 
     summary = write_report("results/default", "reports", threshold=0.8)
 """
@@ -91,8 +93,7 @@ def _volatile(field: str) -> bool:
     return field.startswith("durations.") or field in ("pid", "started") or last.endswith("_seconds")
 
 
-def _setup(results: Results, ref: dict[str, float]) -> tuple[dict[str, Any], list[str]]:
-    t = results.table
+def _setup(results: Results, t: Any, ceiling: Any, ref: dict[str, float]) -> tuple[dict[str, Any], list[str]]:
     methods = M.method_order(t["method"])
     versions = t[["target", "target_version"]].drop_duplicates().sort_values(["target", "target_version"])
     setup = {
@@ -103,6 +104,8 @@ def _setup(results: Results, ref: dict[str, float]) -> tuple[dict[str, Any], lis
         "methods": methods,
         "budgets": sorted(int(b) for b in t.loc[t["method"] != BASE_METHOD, "budget"].unique()),
         "seeds": sorted(int(s) for s in t["seed"].unique()),
+        "organism_draws": sorted(int(d) for d in t["draw"].unique()),
+        "ceiling_cells": int(ceiling["run_id"].nunique()) if len(ceiling) else 0,
         "anticipation": sorted(float(v) for v in t["anticipation"].unique()),
         "labeler_noise": sorted(float(v) for v in t["labeler_noise"].unique()),
         "labeler_misspec": sorted(float(v) for v in t["labeler_misspec"].unique()),
@@ -110,13 +113,17 @@ def _setup(results: Results, ref: dict[str, float]) -> tuple[dict[str, Any], lis
     }
     lines = ["## Set-up", "",
              f"Cells: {setup['cells']['ok']} ok, {setup['cells']['failed']} failed, "
-             f"{setup['cells']['skipped']} unreadable (skipped).", ""]
-    for key in ("models", "targets", "methods", "budgets", "seeds", "anticipation", "labeler_noise", "labeler_misspec"):
+             f"{setup['cells']['skipped']} unreadable (skipped)"
+             + (f"; {setup['ceiling_cells']} of the ok cells are ceiling cells (oracle labels from every context), "
+                "read as the achievable level per split" if setup["ceiling_cells"] else "") + ".", ""]
+    for key in ("models", "targets", "methods", "budgets", "organism_draws", "seeds", "anticipation",
+                "labeler_noise", "labeler_misspec"):
         lines.append(f"- {key.replace('_', ' ')}: {', '.join(str(v) for v in setup[key])}")
     lines += ["", "Headline numbers are read at the reference condition (each dial at the value with the most cells; "
               "ties go to anticipation nearest 0.5 and to the cleanest labeler): "
-              + ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in ref.items()) + "; gains are paired by seed "
-              "against the base model (`none`) of the same model, target, condition and seed.", ""]
+              + ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in ref.items()) + "; gains are paired by organism "
+              "draw and seed against the base model (`none`) of the same model, target, condition, draw and seed.",
+              ""]
     for title, key in (("Configuration", "config"), ("Provenance", "provenance")):
         rows = _field_summary([c[key] for _, c in sorted(results.cells.items())])
         if key == "provenance":  # when, where and how long: differs between reruns that give identical results
@@ -143,8 +150,8 @@ def _models(t: Any, measures: dict[tuple[str, str], str],
     models = _pooled_models(t)
     lines = ["## Models", "", "Every number below is for one model: cells are grouped by the model's identity (the "
              "organism's key, or the Hugging Face path and revision), never averaged across models; draws of one "
-             "organism config that differ only in the pretraining seed are one model, their intervals over "
-             "organisms x seeds.", "",
+             "organism config that differ only in the pretraining seed are one model (a random effect), their "
+             "intervals over organism draws and every n organisms x seeds.", "",
              "| model | identity | cells | targets (behavior measure) |", "| --- | --- | --- | --- |"]
     for m in models:
         targets = sorted((t, v) for (name, t), v in measures.items() if name == m["name"])
@@ -218,8 +225,9 @@ def write_report(results_dir: str | Path, out_dir: str | Path, threshold: float 
     # A target evaluated by A/B propensity alone (a CAA data set) reads `ab_propensity` as its behavior; draws of
     # one organism config are pooled into one model (a random effect).
     draws = results.draws()
-    t, measures = M.behavior_measures(M.pool_draws(results.table, draws))
-    t, fluent_desired = M.with_fluent_desired(t)
+    t, ceiling = M.split_ceiling(M.pool_draws(results.table, draws))
+    t, measures = M.behavior_measures(t)
+    t, desired = M.with_desired(t)
     notes: list[str] = []
     lines = ["# Report: how much feedback each method needs, and how far its behavior generalizes", "",
              f"Generated by `analysis.report.write_report` from the results store `{Path(results_dir).name}`; "
@@ -233,7 +241,8 @@ def write_report(results_dir: str | Path, out_dir: str | Path, threshold: float 
         lines += ["No ok cells: nothing to report.", ""] + _problems(results)
     else:
         ref = M.reference_condition(t)
-        setup, setup_lines = _setup(results, ref)
+        setup, setup_lines = _setup(results, t, ceiling, ref)
+        unequal = M.draws_per_method(t)
         missing = M.missing_splits(t)
         models, model_lines = _models(t, measures, missing)
         agg = M.aggregate(t)
@@ -242,9 +251,11 @@ def write_report(results_dir: str | Path, out_dir: str | Path, threshold: float 
         figs = F.write_figures(t, out / "figures", notes, agg=agg, cost=cost, ref=ref, threshold=threshold,
                                slopes=load_slopes(results.cells_dir, steer_runs))
         stats = W.Stats(
-            agg=agg, cost=cost, gen=M.generalization(t, min_gain), slopes={d: M.slope(t, d) for d in M.DIALS},
-            side=M.side_effects(t, min_gain), ref=ref, threshold=threshold, measures=measures, missing=missing,
-            fluent_desired=fluent_desired)
+            agg=agg, cost=cost, gen=M.generalization(t, min_gain, ceiling),
+            slopes={d: M.slope(t, d) for d in M.DIALS}, side=M.side_effects(t, min_gain), ref=ref,
+            threshold=threshold, measures=measures, missing=missing, desired=desired, unequal_draws=unequal,
+            ceiling=M.aggregate(ceiling) if len(ceiling) else None,
+            domain_gains=M.gains(t, "behavior_domain") if (t["metric"] == "behavior_domain").any() else None)
         headline = W.headline(stats)
         no_base = M.missing_base(t).drop(columns="model_id")
         if not no_base.empty:
@@ -256,13 +267,19 @@ def write_report(results_dir: str | Path, out_dir: str | Path, threshold: float 
             notes.append(f"{target}" + (f" ({model})" if len(models) > 1 else "") + f": {why}")
         if any(h["n"] == 1 for h in headline):
             notes.append("some headline numbers rest on a single seed (n=1): their CIs collapse to the value")
+        for (model, target), per in unequal.items():
+            notes.append(f"{target}" + (f" ({model})" if len(models) > 1 else "") + ": methods ran on different "
+                         "organism draws (" + "; ".join(f"{m}: {', '.join(map(str, d))}" for m, d in per.items())
+                         + "); each interval is over its own method's draws, paired comparisons over shared ones")
         tests = PairedTests(t, ref, threshold, min_gain)
         winners = W.winners(headline, threshold, tests)
         sharing = {k: float(v) for k, v in draws.groupby("family")["sharing"].first().items()}
         claims = C.measure_claims(stats, tests, sharing)
         glance, lead = _glance(figs, out, W.glance_lines(headline, winners, threshold))
         lines += C.claim_lines(claims, threshold) + glance + setup_lines + model_lines + _problems(results)
-        lines += W.headline_tables(headline, threshold) + W.finding_lines(headline, winners, threshold)
+        held_out = bool(((t["split"] == "uncovered") & (t["anticipation"] >= 1.0)).any())
+        lines += W.headline_tables(headline, threshold, unequal)
+        lines += W.finding_lines(headline, winners, threshold, held_out, unequal)
         lines += _figure_lines(figs, out, skip=lead)
         summary = {"threshold": threshold, "setup": setup, "models": models, "headline": headline,
                    "winners": winners, "claims": claims, "notes": notes}
@@ -274,13 +291,18 @@ def write_report(results_dir: str | Path, out_dir: str | Path, threshold: float 
     summary["failed_cells"] = [{"run_id": f.run_id, "error": f.error} for f in results.failed]
     summary["skipped_files"] = [{"name": s.name, "reason": s.reason} for s in results.skipped]
     summary["method"] = {
-        "ci": "95% t interval over replicates (seeds; organism draws, each its seed mean, where several draws are "
-              "pooled), jackknife standard error for ratios, slopes and crossing points",
-        "clear": "paired test on matched replicates, Holm-corrected over every winner call in the report, p < 0.05; "
-                 "never on one replicate",
+        "ci": "95% t interval over replicates: organism draws (each the mean of its seeds; draws - 1 degrees of "
+              "freedom) where a cell ran on several, else seeds; jackknife standard error for ratios, slopes and "
+              "crossing points; n = organisms x seeds",
+        "claims": "Benjamini-Hochberg at 0.05 over every measured claim row; intervals at the false-coverage-rate "
+                  "adjusted level 1 - R x 0.05 / m (Benjamini & Yekutieli 2005); a verdict only from an interval "
+                  "that excludes 0",
+        "headroom": "uncovered gain / (ceiling - base), the ceiling from the cells with coverage 'ceiling'",
+        "clear": "paired test on matched runs (same draw and seed; averaged per draw where there are several), "
+                 "Holm-corrected over every winner call in the report, p < 0.05; never on one unit",
         "cost_to_threshold": "interpolated linearly in log budget between the last budget below the threshold and "
                              "the first at or above it; interval on the log budget",
-        "fluent_desired": "measured where the rows carry fluent_desired, else behavior x fluency per cell",
+        "desired": "P(fluent and desired): the rows' `desired` where measured, else behavior x fluency per cell",
         "min_gain": min_gain}
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]

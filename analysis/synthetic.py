@@ -10,9 +10,25 @@ For a method with truth (g, r, k, nz, ms) at budget b, anticipation a, labeler n
 The base model ("none") scores `base` on every split. `cell_sd` adds independent noise to every behavior value. Each
 seed adds a zero-mean offset (so seed means are exact),
 with a different pattern for the base than for methods, so CIs are not degenerate. A model's `model_scale` multiplies
-g and kl_c; a target in `one_context` has no uncovered split and `all` = covered at every anticipation.
+g and kl_c (`method_scale`, the named methods' g only); a target in `one_context` has no uncovered split and
+`all` = covered at every anticipation.
 
-    spec = SyntheticSpec(anticipations=(0.25, 0.5, 1.0))
+Organism draws (`draws`): each cell has a `draw` field (config and rows) beside its seed, and the model's identity
+does not change with it. `sd_draw` adds a random organism effect, N(0, sd_draw) per (model, target, draw) shared by
+every method and the base, plus N(0, sd_draw_method) per (model, target, draw, method): the organism is a random
+effect, so the known answer is the formula above (the effects' mean, 0). `noise_seed` redraws every random effect and
+cell noise: one spec, many independent studies. `row_draw=False` writes an older store (no `draw` or `coverage` row
+fields, no `draw` in the config).
+
+With `held_out` the uncovered split is a fixed set of held-out contexts (share `held_out`) that stays uncovered at
+anticipation 1 too: `all` = (1 - h) a covered + (1 - (1 - h) a) uncovered. `ceiling` names a method run once per
+(model, target, draw, seed) with coverage "ceiling" at the largest budget, scoring `ceiling_value` on every split.
+Every behavior row comes with `desired` (behavior x fluency), the decision-word split `behavior_domain`,
+`behavior_shared`, `shared_share` (a method's uncovered gain G sits (1 - sh) G on domain words and the rest on the
+shared word, with share s = 0.3 of samples: s shared + (1 - s) domain = behavior), and for a target named "refusal"
+`refusal` and `over_refusal`.
+
+    spec = SyntheticSpec(anticipations=(0.25, 0.5, 1.0), draws=(0, 1, 2), seeds=(0, 1), sd_draw=0.05, held_out=0.25)
     write_results(tmp_path / "results", spec)
 """
 
@@ -42,6 +58,7 @@ class MethodTruth:
     cost_per_label: float = 1.0
     steering: bool = False
     anti_steerable: float = 0.1
+    shared: float = 0.5  # sh: share of the uncovered gain carried by the shared decision word
 
 
 DEFAULT_METHODS: dict[str, MethodTruth] = {
@@ -61,6 +78,7 @@ class SyntheticSpec:
     # added), so that two models may share a display name. Empty: the config's `model` is the bare name.
     model_configs: tuple[dict[str, Any], ...] = ()
     model_scale: tuple[float, ...] = ()  # optional, one per model: multiplies every method's gain and KL
+    method_scale: tuple[dict[str, float], ...] = ()  # optional, one per model: multiplies the named methods' gains
     targets: tuple[str, ...] = ("sentiment", "sycophancy")
     methods: dict[str, MethodTruth] = field(default_factory=lambda: dict(DEFAULT_METHODS))
     budgets: tuple[int, ...] = (8, 32, 128, 512)
@@ -79,6 +97,14 @@ class SyntheticSpec:
     one_context: tuple[str, ...] = ()
     # Independent normal noise on every behavior value, seeded by the cell's id (0: the exact answers above).
     cell_sd: float = 0.0
+    draws: tuple[int, ...] = (0,)  # organism draws (pretraining seeds)
+    sd_draw: float = 0.0  # random organism effect shared by every method of a (model, target, draw)
+    sd_draw_method: float = 0.0  # random organism x method effect
+    noise_seed: int = 0  # redraws every random effect and cell noise
+    row_draw: bool = True  # False: an older store, with no draw or coverage fields
+    held_out: float = 0.0  # share of contexts held out at every anticipation (0: none, uncovered = 1 - a)
+    ceiling: str | None = None  # a method run at coverage "ceiling"
+    ceiling_value: float = 0.9
 
 
 def _offset(spec: SyntheticSpec, seed: int, base: bool) -> float:
@@ -88,12 +114,14 @@ def _offset(spec: SyntheticSpec, seed: int, base: bool) -> float:
     return spec.seed_sd * (-centred if base else centred)
 
 
-def expected(t: MethodTruth, base: float, split: str, budget: int, a: float, noise: float, misspec: float) -> float:
-    """The seed-mean behavior the formulas in the module docstring give."""
+def expected(t: MethodTruth, base: float, split: str, budget: int, a: float, noise: float, misspec: float,
+             held_out: float = 0.0) -> float:
+    """The mean behavior (over seeds and organism draws) the formulas in the module docstring give."""
     lb = math.log(budget)
     cov = base + t.gain * lb - t.noise * noise
     unc = base + t.ratio * t.gain * lb + t.anticipation * a - t.noise * noise - t.misspec * misspec
-    return {"covered": cov, "uncovered": unc, "all": a * cov + (1 - a) * unc}[split]
+    share = (1 - held_out) * a if held_out else a  # of the test contexts, the covered ones
+    return {"covered": cov, "uncovered": unc, "all": share * cov + (1 - share) * unc}[split]
 
 
 def sample_slope(t: MethodTruth, i: int, seed: int) -> float:
@@ -110,12 +138,43 @@ def conditions(spec: SyntheticSpec) -> list[tuple[float, float, float]]:
     return out + [(a0, e0, p) for p in spec.misspecs[1:]]
 
 
+def draw_effect(spec: SyntheticSpec, model: str, target: str, draw: int, method: str) -> float:
+    """The organism's random effect on behavior for one method (0 for every draw without `sd_draw`)."""
+    if not (spec.sd_draw or spec.sd_draw_method) or not spec.row_draw:
+        return 0.0
+    shared = random.Random(f"{spec.noise_seed}:{model}:{target}:{draw}").gauss(0.0, 1.0)
+    own = random.Random(f"{spec.noise_seed}:{model}:{target}:{draw}:{method}").gauss(0.0, 1.0)
+    return spec.sd_draw * shared + spec.sd_draw_method * own
+
+
 def _row(common: dict[str, Any], split: str, metric: str, value: float, n: int = 64) -> dict[str, Any]:
     return common | {"split": split, "metric": metric, "value": value, "n": n}
 
 
+def _clip(x: float) -> float:
+    return min(1.0, max(0.0, x))
+
+
+def _behavior_rows(spec: SyntheticSpec, common: dict[str, Any], t: MethodTruth, target: str, split: str,
+                   value: float, fluency: float) -> list[dict[str, Any]]:
+    """The behavior row of one split and the metrics that ride with it (fluency, desired, decision words, refusal)."""
+    rows = [_row(common, split, spec.behavior_metric, value)]
+    if spec.behavior_metric != "behavior":
+        return rows
+    rows += [_row(common, split, "fluency", fluency), _row(common, split, "desired", value * fluency)]
+    s, g = 0.3, value - spec.base
+    rows += [_row(common, split, "behavior_domain", _clip(spec.base + (1 - t.shared) * g)),
+             _row(common, split, "behavior_shared", _clip(spec.base + g * (1 - (1 - s) * (1 - t.shared)) / s)),
+             _row(common, split, "shared_share", s)]
+    if target == "refusal":
+        rows += [_row(common, split, "refusal", _clip(value + 0.1)), _row(common, split, "over_refusal",
+                                                                          _clip(0.3 - 0.5 * g))]
+    return rows
+
+
 def _cell(spec: SyntheticSpec, model: int | str, target: str, method: str, budget: int,
-          cond: tuple[float, float, float], seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+          cond: tuple[float, float, float], seed: int, draw: int = 0,
+          coverage: str = "anticipation") -> tuple[dict[str, Any], list[dict[str, Any]]]:
     a, noise, misspec = cond
     i = spec.models.index(model) if isinstance(model, str) else model
     model = spec.models[i]
@@ -123,30 +182,40 @@ def _cell(spec: SyntheticSpec, model: int | str, target: str, method: str, budge
     scale = spec.model_scale[i] if spec.model_scale else 1.0
     config = {"model": model_config, "target": target, "method": {"name": method}, "budget": budget, "anticipation": a,
               "labeler": {"noise": noise, "misspec": misspec}, "seed": seed}
+    if spec.row_draw:
+        config |= {"draw": draw, "coverage": coverage}
     run_id = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
     is_base = method == "none"
     t = MethodTruth(0.0, ratio=0.0, kl=0.0, fluency=0.0, drift=0.0, cost_per_label=0.0) if is_base \
         else spec.methods[method]
     if scale != 1.0:
         t = replace(t, gain=t.gain * scale, kl=t.kl * scale)
+    if spec.method_scale and method in spec.method_scale[i]:
+        t = replace(t, gain=t.gain * spec.method_scale[i][method])
     cost = budget * t.cost_per_label
     common = {"run_id": run_id, "model": model, "method": method, "target": target, "target_version": "1",
               "budget": budget, "feedback_cost": cost, "labels_used": budget, "anticipation": a,
               "labeler_noise": noise, "labeler_misspec": misspec, "seed": seed}
-    off = _offset(spec, seed, is_base)
+    if spec.row_draw:
+        common |= {"draw": draw, "coverage": coverage}
+    off = _offset(spec, seed, is_base) + draw_effect(spec, model, target, draw, method)
     lb = 0.0 if is_base else math.log(budget)
     rows = []
     one = target in spec.one_context
-    rng = random.Random(run_id)
+    rng = random.Random(f"{run_id}:{spec.noise_seed}" if spec.noise_seed else run_id)
     for split in ("covered", "uncovered", "all"):
-        if (split == "covered" and a == 0.0 and not one) or (split == "uncovered" and (a == 1.0 or one)):
+        if (split == "covered" and a == 0.0 and not one) or (
+                split == "uncovered" and ((a == 1.0 and not spec.held_out) or one)):
             continue  # nothing covered / nothing left uncovered
         truth_split = "covered" if one else split
-        value = spec.base if is_base else expected(t, spec.base, truth_split, budget, a, noise, misspec)
+        if coverage == "ceiling":
+            value = spec.ceiling_value
+        else:
+            value = spec.base if is_base else expected(t, spec.base, truth_split, budget, a, noise, misspec,
+                                                       spec.held_out)
         jitter = rng.gauss(0.0, spec.cell_sd) if spec.cell_sd else 0.0
-        rows.append(_row(common, split, spec.behavior_metric, min(1.0, max(0.0, value + off + jitter))))
-        if spec.behavior_metric == "behavior":
-            rows.append(_row(common, split, "fluency", BASE_FLUENCY - t.fluency * lb))
+        value = _clip(value + off + jitter)
+        rows += _behavior_rows(spec, common, t, target, split, value, BASE_FLUENCY - t.fluency * lb)
     rows.append(_row(common, "neutral", "kl", t.kl * lb * (1.0 + off)))  # zero-mean offset: exact mean
     rows.append(_row(common, "neutral", "perplexity", 10.0 + t.kl * lb))
     for other in spec.targets:
@@ -171,17 +240,29 @@ def write_results(results_dir: str | Path, spec: SyntheticSpec | None = None) ->
     cells_dir = Path(results_dir) / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     models = range(len(spec.models))  # by position: two models may share a display name
-    jobs = [(m, t, meth, b, c, s) for m in models for t in spec.targets for meth in spec.methods
-            for b in spec.budgets for c in conditions(spec) for s in spec.seeds]
+    draws = spec.draws if spec.row_draw else (0,)
+    reps = [(s, d) for d in draws for s in spec.seeds]
+    jobs = [(m, t, meth, b, c, s, d) for m in models for t in spec.targets for meth in spec.methods
+            for b in spec.budgets for c in conditions(spec) for s, d in reps]
     if spec.with_base:
-        jobs += [(m, t, "none", 0, c, s) for m in models for t in spec.targets for c in conditions(spec)
-                 for s in spec.seeds]
+        jobs += [(m, t, "none", 0, c, s, d) for m in models for t in spec.targets for c in conditions(spec)
+                 for s, d in reps]
     ids = []
     for job in jobs:
-        cell, samples = _cell(spec, *job)
-        (cells_dir / f"{cell['run_id']}.json").write_text(json.dumps(cell), encoding="utf-8")
-        if samples:
-            lines = [json.dumps({"kind": "completion", "text": "..."})] + [json.dumps(s) for s in samples]
-            (cells_dir / f"{cell['run_id']}.samples.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        ids.append(cell["run_id"])
+        ids.append(_write(cells_dir, *_cell(spec, *job)))
+    if spec.ceiling is not None:
+        top = (spec.anticipations[0], 0.0, 0.0)
+        for m in models:
+            for t in spec.targets:
+                for s, d in reps:
+                    ids.append(_write(cells_dir, *_cell(spec, m, t, spec.ceiling, max(spec.budgets), top, s, d,
+                                                        "ceiling")))
     return ids
+
+
+def _write(cells_dir: Path, cell: dict[str, Any], samples: list[dict[str, Any]]) -> str:
+    (cells_dir / f"{cell['run_id']}.json").write_text(json.dumps(cell), encoding="utf-8")
+    if samples:
+        lines = [json.dumps({"kind": "completion", "text": "..."})] + [json.dumps(s) for s in samples]
+        (cells_dir / f"{cell['run_id']}.samples.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return cell["run_id"]

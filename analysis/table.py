@@ -3,9 +3,11 @@
 A cell file that is malformed, truncated or missing required fields is skipped and named, never fatal: a study that is
 still running (or crashed half-way) must still report on what it has. Failed cells are listed apart.
 
-Besides the runner's row fields the table has `model_id`, the model's identity from the cell's config (organism key,
-or Hugging Face path and revision), and `model` is made one-to-one with it, so that two models that share a display
-name are never averaged together.
+Besides the runner's row fields the table has `model_id`, the model's identity from the cell's config (organism key
+without the pretraining draw, or Hugging Face path and revision), and `model` is made one-to-one with it, so that two
+models that share a display name are never averaged together. Draws of one organism config share a `model_id` (they
+are replicates of one model) and differ in `draw` (the pretraining seed; null, pandas <NA>, for a Hugging Face model).
+`coverage` is "anticipation" for the grid's cells and "ceiling" for the cells whose feedback covered every context.
 
     results = read_results("results/default")   # .table, .skipped, .failed, .cells
     df = load_table("results/default")           # the table alone; skipped files are warned about
@@ -34,9 +36,11 @@ ROW_FIELDS: dict[str, str] = {
     "method": "str",
     "target": "str",
     "target_version": "version",
+    "draw": "int?",  # the organism's pretraining draw (train.seed); null for a Hugging Face model
     "budget": "int",
     "feedback_cost": "value",  # null where a runner could not count it (kept as NaN, never plotted)
     "labels_used": "int",
+    "coverage": "coverage",  # "anticipation" (the grid's cells) or "ceiling" (feedback on every context)
     "anticipation": "float",
     "labeler_noise": "float",
     "labeler_misspec": "float",
@@ -46,6 +50,11 @@ ROW_FIELDS: dict[str, str] = {
     "value": "value",
     "n": "int",
 }
+COVERAGES = ("anticipation", "ceiling")
+# Fields that rows of stores written before they existed lack; `_default` fills them in (see there).
+OPTIONAL_FIELDS = ("draw", "coverage")
+# The organism config field that makes one pretraining draw of an organism config differ from another.
+DRAW_FIELD = ("train", "seed")
 # Derived when reading, not written by the runner: the model's identity (see `model_identity`).
 TABLE_COLUMNS = ["run_id", "model", "model_id"] + [k for k in ROW_FIELDS if k not in ("run_id", "model")]
 SPLITS = ("covered", "uncovered", "all", "neutral", "select")
@@ -110,7 +119,12 @@ def _check_value(kind: str, value: Any, name: str) -> Any:
     elif kind == "version":  # runners may write a version as "1" or 1; the table keeps a string
         if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
             return str(value)
-    elif kind == "int":
+    elif kind == "coverage":
+        if value in COVERAGES:
+            return value
+    elif kind in ("int", "int?"):
+        if value is None and kind == "int?":
+            return None
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -125,6 +139,19 @@ def _check_value(kind: str, value: Any, name: str) -> Any:
             return float(value)
     shown = repr(value)
     raise _Malformed(f"field '{name}' = {shown[:60] + '...' if len(shown) > 60 else shown} is not a valid {kind}")
+
+
+def _default(name: str, config: dict[str, Any]) -> Any:
+    """The value of optional row field `name` for a row written before the field existed. `coverage`: such stores
+    ran anticipation cells only. `draw`: treated as 0, the one draw such a study ran, unless the cell's organism
+    config names its pretraining seed (`train.seed`), which is what a draw is."""
+    if name == "coverage":
+        return "anticipation"
+    model = config.get("model")
+    org = model.get("organism") if isinstance(model, dict) else None
+    train = org.get(DRAW_FIELD[0]) if isinstance(org, dict) else None
+    seed = train.get(DRAW_FIELD[1]) if isinstance(train, dict) else None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
 
 
 def parse_cell(path: Path) -> dict[str, Any]:
@@ -161,9 +188,10 @@ def parse_cell(path: Path) -> dict[str, Any]:
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise _Malformed(f"rows[{i}] is not an object")
-        missing = [k for k in ROW_FIELDS if k not in row]
+        missing = [k for k in ROW_FIELDS if k not in row and k not in OPTIONAL_FIELDS]
         if missing:
             raise _Malformed(f"rows[{i}] lacks {', '.join(missing)} (partial cell?)")
+        row = {k: _default(k, cell["config"]) for k in OPTIONAL_FIELDS if k not in row} | row
         try:
             out = {k: _check_value(kind, row[k], k) for k, kind in ROW_FIELDS.items()}
         except _Malformed as exc:
@@ -192,17 +220,20 @@ def _cells_dir(results_dir: str | Path) -> Path:
 
 
 def empty_table() -> pd.DataFrame:
-    kinds = {"str": str, "version": str, "int": np.int64, "float": np.float64, "value": np.float64}
+    kinds = {"str": str, "version": str, "coverage": str, "int": np.int64, "int?": "Int64", "float": np.float64,
+             "value": np.float64}
     return pd.DataFrame({k: pd.Series([], dtype=kinds[ROW_FIELDS.get(k, "str")]) for k in TABLE_COLUMNS})
 
 
 def model_identity(config: dict[str, Any], name: str) -> str:
-    """What makes two cells' models the same model: the organism's key, or the Hugging Face path (with its revision
-    where one is given). A config whose `model` is a bare string (older or hand-written stores) is identified by it;
-    with no model config at all, by the rows' display name."""
+    """What makes two cells' models the same model: the organism's key without its pretraining draw (`model_key`, the
+    key of its config at train.seed 0, so that draws are replicates of one model), or the Hugging Face path (with its
+    revision where one is given). Stores written before draws existed have no `model_key`: their organism key names
+    the draw too (`organism_draws` pools such draws). A config whose `model` is a bare string (older or hand-written
+    stores) is identified by it; with no model config at all, by the rows' display name."""
     model = config.get("model")
     if isinstance(model, dict):
-        key = model.get("organism_key")
+        key = model.get("model_key") or model.get("organism_key")
         if isinstance(key, str) and key:
             return f"organism:{key}"
         path = model.get("path")
@@ -211,10 +242,6 @@ def model_identity(config: dict[str, Any], name: str) -> str:
             return f"{path}@{rev}" if isinstance(rev, str) and rev else path
         model = model.get("name")
     return model if isinstance(model, str) and model else name
-
-
-# The organism config field that makes one pretraining draw of an organism config differ from another.
-DRAW_FIELD = ("train", "seed")
 
 
 def organism_draws(configs: dict[str, dict[str, Any]]) -> pd.DataFrame:
@@ -287,7 +314,8 @@ def read_results(results_dir: str | Path) -> Results:
             columns["model_id"].append(model_identity(cell["config"], row["model"]))
     table = pd.DataFrame(columns) if cells else empty_table()
     if cells:
-        table = table.astype({k: np.int64 for k, v in ROW_FIELDS.items() if v == "int"})
+        table = table.astype({k: np.int64 if v == "int" else "Int64" for k, v in ROW_FIELDS.items()
+                              if v in ("int", "int?")})
         # Never average across models: rows are grouped by identity, and the label says which model is which.
         table["model"] = model_labels(table)
     return Results(table=table, skipped=skipped, failed=failed, cells=cells, cells_dir=cells_dir)

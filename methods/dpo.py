@@ -5,8 +5,9 @@ Feedback as a human rater gives it: for each feedback prompt, two completions sa
 the labeler (one unit each); on data-set targets, each record's own pair. Comparisons the labeler calls a tie (both
 equally good or bad, or both unreadable) carry no preference and are not trained on, though they were paid for. The
 reference policy is the base model itself: the adapter disabled (TRL does this when the policy is a PEFT model).
-Training length follows the rule of `methods.lora_template.EpochsConfig`; snapshots along the run are judged on the
-select split (`methods.selection.select_best`).
+Training length follows the rule of `methods.lora_template` (`epochs` passes over the decisive pairs in batches of
+`batch_size`, clamped: it grows with the comparisons bought); snapshots along the run are judged on the select split
+with the share of the budget every method keeps for selection (`methods.selection`).
 
     intervention = DPO(DPOMethodConfig(beta=0.1)).fit(ctx)
     with intervention:
@@ -28,7 +29,6 @@ from study.core.config import check
 @dataclass(frozen=True)
 class DPOMethodConfig(EpochsConfig, ComparisonsConfig):
     learning_rate: float = 1e-3  # DPO degrades fluency within a few epochs at 3e-3 on the organism (pilot, seed 100)
-    epochs: float = 4.0
     beta: float = 0.1  # the KL strength of the implicit reward (TRL's DPOConfig.beta)
 
     def validate(self) -> None:

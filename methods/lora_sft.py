@@ -3,9 +3,10 @@ Models") on demonstrations bought from the labeler, with TRL's `SFTTrainer` and 
 
 Each demonstration is a human-written completion of a pool prompt that shows the behavior (4 cost units on the
 organism; one record = one unit on data-set targets). The training length follows one rule for every budget
-(`epochs` passes over the bought demonstrations, clamped to [min_steps, max_steps]); snapshots along the run are the
-candidates that `methods.selection.select_best` judges on the select split (the template
-`methods.lora_template.LoraMethod` does the rest).
+(`epochs` passes over the bought demonstrations in batches of `batch_size`, clamped to [min_steps, max_steps]: it
+grows with the demonstrations bought); snapshots along the run are the candidates that
+`methods.selection.select_best` judges on the select split with the share of the budget every method keeps for
+selection (the template `methods.lora_template.LoraMethod` does the rest).
 
     method = LoraSFT(LoraSFTConfig(learning_rate=3e-3))
     intervention = method.fit(ctx)                  # buys demonstrations + selection judgments from ctx.labeler

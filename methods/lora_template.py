@@ -1,7 +1,20 @@
 """The template of the LoRA-trained methods (lora_sft, dpo, rlhf), written once: buy labels, build a TRL trainer around
 the shared model with a LoRA `peft_config`, train with adapter snapshots along the run, judge the snapshots on the
-select split (`methods.selection.select_best`) and return the best one as a `LoraIntervention`. A method fills in only
-what differs, and its Config subclasses `AdapterConfig` (or `EpochsConfig`):
+select split and return the best one as a `LoraIntervention`. A method fills in only what differs, and its Config
+subclasses `AdapterConfig` (or `EpochsConfig`).
+
+The rules, the same for every method and budget:
+
+- **Budget** (`methods.selection.split_budget`): `select_share` of the budget (`SELECT_SHARE`, steering's split too)
+  is kept for judged selection when it pays one judgment per snapshot in the first round of successive halving; the
+  rest buys training labels, and what those cannot use (a demonstration costs 4) is judged too.
+- **Selection** (`methods.selection.select_best`): the snapshots at `snapshots` fractions of the run, judged on the
+  select split by successive halving, charged inside the cell; ties go to the earlier snapshot; without a selection
+  budget, the last snapshot.
+- **Training length** (`EpochsConfig.train_steps`, methods whose data grows with the budget): `epochs` passes over the
+  bought examples in batches of `batch_size`, steps = ceil(epochs * n / batch_size) clamped to [min_steps, max_steps].
+  With the defaults (8 passes in batches of 4, floor 4, cap 200) that is 2 steps per example: the floor binds only
+  below 2 examples and the cap above 100, so more labels always buy more training between.
 
     class LoraSFT(LoraMethod):
         name, Config = "lora_sft", LoraSFTConfig
@@ -19,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from methods.base import FitContext, Intervention
-from methods.selection import select_best, split_budget
+from methods.selection import SELECT_SHARE, select_best, split_budget
 from methods.trained import LoraIntervention, TrainedConfig, snapshot_steps, steps_for, train_adapter
 from methods.trl_presets import lora_config, quiet, trainer_args, trainer_name, work_dir
 from study.core.config import check
@@ -34,7 +47,7 @@ class AdapterConfig(TrainedConfig):
     batch_size: int = 16
     rank: int = 8
     alpha: float = 16.0
-    select_share: float = 0.25  # of the budget, kept to judge the snapshots on the select split
+    select_share: float = SELECT_SHARE  # of the budget, kept to judge the snapshots on the select split
     snapshots: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # fractions of the run offered to selection
 
     def validate(self) -> None:
@@ -49,11 +62,13 @@ class AdapterConfig(TrainedConfig):
 
 @dataclass(frozen=True)
 class EpochsConfig(AdapterConfig):
-    """The methods whose run length follows the labels bought (lora_sft, dpo): `epochs` passes, clamped."""
+    """The methods whose run length follows the labels bought (lora_sft, dpo): `epochs` passes, clamped (the module
+    docstring's rule)."""
 
-    epochs: float = 6.0  # passes over the bought labels (the steps rule: ceil(epochs * n / batch_size))
-    min_steps: int = 12
-    max_steps: int = 160
+    epochs: float = 8.0  # passes over the bought labels (the steps rule: ceil(epochs * n / batch_size))
+    batch_size: int = 4  # small enough that every budget of the grid buys several batches: steps grow with labels
+    min_steps: int = 4  # the floor: one step per snapshot
+    max_steps: int = 200
 
     def validate(self) -> None:
         super().validate()
@@ -115,12 +130,14 @@ class LoraMethod:
     def fit(self, ctx: FitContext) -> Intervention:
         cfg = self.config
         quiet()
-        fit_units, _ = split_budget(ctx.labeler, ctx.budget, cfg.select_share, len(cfg.snapshots))
+        start = ctx.labeler.account.spent
+        fit_units, select_units = split_budget(ctx.labeler, ctx.budget, cfg.select_share, len(cfg.snapshots))
         with phase("buy_labels"):
             data, chosen = self.buy(ctx, fit_units)
+        chosen["labels_train"] = ctx.labeler.account.spent - start
         if data is None:
             out = Intervention()
-            out.chosen = chosen
+            out.chosen = {**chosen, "labels_select": 0, "labels_spent": chosen["labels_train"]}
             return out
         steps = self.train_steps(data)
         marks = snapshot_steps(steps, cfg.snapshots)
@@ -129,10 +146,13 @@ class LoraMethod:
             trained = train_adapter(ctx.model.model,
                                     lambda cbs: self.make_trainer(ctx, data, steps, out_dir, cbs), marks)
         candidates = [(s, self.intervention(ctx, data, trained.peft_config, trained.snapshots[s])) for s in marks]
-        with phase("select"):
-            best, table = select_best(ctx, candidates)
+        with phase("select"):  # the kept share, and what the training labels could not use
+            left = (ctx.budget - chosen["labels_train"]) if select_units else 0
+            best, table = select_best(ctx, candidates, left)
         step, intervention = candidates[best]
+        labels_select = ctx.labeler.account.spent - start - chosen["labels_train"]
         intervention.chosen = {**chosen, "steps": step, "max_steps": steps, "selection": table,
+                               "labels_select": labels_select, "labels_spent": chosen["labels_train"] + labels_select,
                                **self.summary(trained.trainer, data), "trainer": trainer_name(trained.trainer),
                                "config": asdict(cfg), "lora_modules": trained.modules,
                                "trainable_parameters": intervention.num_parameters()}

@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "prompting": "methods.prompting:Prompting",
     "steering": "methods.steering:Steering",
     "steering_pca": "methods.steering_pca:SteeringPCA",
+    "steering_learned": "methods.steering_learned:LearnedSteering",
     "lora_sft": "methods.lora_sft:LoraSFT",
     "dpo": "methods.dpo:DPO",
     "rlhf": "methods.rlhf:RLHF",

@@ -1,6 +1,6 @@
 """Steering vectors: reading them from contrast pairs, the hook-based intervention that adds them, and per-sample
-reliability. Shared by `methods/steering.py` (CAA) and `methods/steering_pca.py`; the hooks are `study.lm.hooks.steer`,
-a context manager, and nothing else.
+reliability. Shared by `methods/steering.py` (CAA), `methods/steering_pca.py` and `methods/steering_learned.py`; the
+hooks are `study.lm.hooks.steer`, a context manager, and nothing else.
 
     acts = contrast_activations(lm, prompts, positives, negatives, layers=[1, 2], positions=("sentence_end",))
     vector = mean_difference(acts.diffs[(2, "sentence_end")])          # or first_principal_component(...)
@@ -38,13 +38,20 @@ def _sentence_end_ids(tokenizer: Any) -> set[int]:
     return {i for i in tokenizer.get_vocab().values() if tokenizer.decode([i]).strip().endswith(SENTENCE_END)}
 
 
+def first_difference(pos: Sequence[int], neg: Sequence[int]) -> int | None:
+    """The index of the first token where two completions differ (the pole decision of a minimal pair); None when
+    one is a prefix of the other."""
+    return next((j for j, (x, y) in enumerate(zip(pos, neg)) if x != y), None)
+
+
 def read_index(pos: list[int], neg: list[int], position: str, ends: set[int]) -> tuple[list[int], list[int]]:
     """Token indices into each completion where `position` reads (several for "mean").
 
     "answer": the first token where the two completions differ (the pole-bearing token of a minimal pair);
     "sentence_end": the first sentence-final token from there on (else the last); "last": the completion's last
     token; "mean": every token from the answer token on."""
-    a = next((j for j, (x, y) in enumerate(zip(pos, neg)) if x != y), max(0, min(len(pos), len(neg)) - 1))
+    a = first_difference(pos, neg)
+    a = max(0, min(len(pos), len(neg)) - 1) if a is None else a
     out = []
     for c in (pos, neg):
         first = min(a, len(c) - 1)
@@ -114,6 +121,12 @@ class PairScorer:
 
         scorer = PairScorer(lm, prompts, positives, negatives)
         pos, neg = scorer(steering)                      # two lists of summed log-probabilities
+        margins = scorer.decisions(steering)             # log-odds of the pole at the first differing token
+
+    `decisions` reads the pole decision alone: log p(positive token) - log p(negative token) at the first token where
+    the two completions differ. Both are predicted from the same context (the tokens before it are shared), so the
+    margin is untouched by what follows the decision (an end mark, a copied object). A pair whose completions differ
+    only in length (one a prefix of the other) has no such token: its margin is the whole completions' difference.
     """
 
     def __init__(self, lm: Any, prompts: Sequence[str], positives: Sequence[str], negatives: Sequence[str],
@@ -130,6 +143,7 @@ class PairScorer:
         self.ids, self.mask, self.positions = ids.to(device), mask.to(device), positions.to(device)
         self.target = ids[:, self.width:]
         self.target_mask = mask[:, self.width:].bool()
+        self.decision = [first_difference(cs[i], cs[self.n + i]) for i in range(self.n)]
         self.cache = None
         # transformers 5 names the cache argument `cache`, 4.x `past_key_values`
         self.cache_arg = "cache" if "cache" in inspect.signature(lm.model.forward).parameters else "past_key_values"
@@ -141,12 +155,33 @@ class PairScorer:
             self.cache = out[self.cache_arg] if self.cache_arg in out else out["past_key_values"]
 
     def __call__(self, intervention: Intervention | None) -> tuple[list[float], list[float]]:
+        if not self.n:
+            return [], []
+        sums = self.token_logprobs(intervention).sum(-1).tolist()
+        return sums[: self.n], sums[self.n:]
+
+    def decisions(self, intervention: Intervention | None) -> list[float]:
+        """Per pair: log p(positive) - log p(negative) at the first differing token (see the class docstring)."""
+        return self.score(intervention)[2]
+
+    def score(self, intervention: Intervention | None) -> tuple[list[float], list[float], list[float]]:
+        """(summed log p(positive), summed log p(negative), decision margins) from one forward pass."""
+        if not self.n:
+            return [], [], []
+        tok = self.token_logprobs(intervention)
+        sums = tok.sum(-1).tolist()
+        pos, neg = sums[: self.n], sums[self.n:]
+        margins = [float(tok[i, a] - tok[self.n + i, a]) if a is not None else pos[i] - neg[i]
+                   for i, a in enumerate(self.decision)]
+        return pos, neg, margins
+
+    def token_logprobs(self, intervention: Intervention | None) -> Any:
+        """[2 * pairs, completion length] float64 log-probabilities of each completion token (0 past its end):
+        the positives' rows, then the negatives'."""
         import copy
 
         import torch
 
-        if not self.n:
-            return [], []
         model, w = self.lm.model, self.width
         with torch.no_grad(), (intervention or Intervention()).active(prompt_width=w):
             if self.cache is None:
@@ -157,9 +192,7 @@ class PairScorer:
                                position_ids=self.positions[:, w - 1:], use_cache=True,
                                **{self.cache_arg: copy.deepcopy(self.cache)}).logits[:, : self.length]
         logp = torch.log_softmax(logits.double(), dim=-1).cpu()
-        tok = logp.gather(-1, self.target.unsqueeze(-1)).squeeze(-1) * self.target_mask
-        sums = tok.sum(-1).tolist()
-        return sums[: self.n], sums[self.n:]
+        return logp.gather(-1, self.target.unsqueeze(-1)).squeeze(-1) * self.target_mask
 
     @property
     def counts(self) -> tuple[list[int], list[int]]:

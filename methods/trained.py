@@ -1,17 +1,20 @@
 """Shared plumbing of the trained methods (lora_sft, dpo, rlhf, bon): their config bases, buying feedback, the LoRA
-intervention, fair selection of the training length on the select split, and keeping the shared base model untouched
-by TRL. The template that the LoRA methods fill in is `methods.lora_template.LoraMethod`.
+intervention, the training-length rule, and keeping the shared base model untouched by TRL. The template that the LoRA
+methods fill in is `methods.lora_template.LoraMethod`; the budget split and the judged selection of snapshots are
+`methods.selection`'s, the same as every other method's.
 
-The budget rule, the same for every trained method and every budget (see `split_budget`): a share `select_share` of the
-cell's budget is kept for selection when it buys at least `MIN_JUDGMENTS` judgments per candidate; the rest buys the
-method's training labels (comparisons or demonstrations); whatever training labels cannot use (a demonstration costs 4)
-goes to selection too. Candidates are adapter snapshots along one training run (fractions of its steps), each judged on
-the same number of select prompts with the adapter active; the best share of completions rated good wins, ties going
-to the earlier snapshot (closer to the base model). Without a selection budget the last snapshot is used.
+The budget rule, the same for every method and every budget (`methods.selection.split_budget`): a share
+`select_share` of the cell's budget (`SELECT_SHARE`, as steering keeps) is kept for judged selection when it pays one
+judgment per snapshot in the first round of successive halving; the rest buys the method's training labels
+(comparisons or demonstrations); whatever training labels cannot use (a demonstration costs 4) is judged too.
+Candidates are adapter snapshots along one training run (fractions of its steps), judged on the same select prompts
+with the adapter active, by successive halving; ties go to the last snapshot (the label-free default). Without a
+selection budget the last snapshot is used. Training length (`steps_for`): `epochs` passes over the bought examples,
+ceil(epochs * n / batch_size) steps, clamped to [min_steps, max_steps]: more labels, more steps.
 
-    fit_units, select_units = split_budget(ctx.labeler, ctx.budget, share=0.25, candidates=4)
+    fit_units, select_units = split_budget(ctx.labeler, ctx.budget, share=SELECT_SHARE, candidates=4)
     pairs = buy_comparisons(ctx, fit_units)                  # two base samples per pool prompt, compared by the labeler
-    best, table = select_best(ctx, candidates)               # judged with each candidate active
+    best, table = select_best(ctx, candidates, select_units) # judged with each candidate active
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ class ComparisonsConfig(TrainedConfig):
 
 
 def steps_for(n_examples: int, epochs: float, batch_size: int, min_steps: int, max_steps: int) -> int:
-    """The training-length rule of lora_sft, dpo and the reward model: `epochs` passes, clamped."""
+    """The training-length rule of lora_sft, dpo, the reward model and learned steering vectors: `epochs` passes over
+    `n_examples` in batches of `batch_size`, clamped to [min_steps, max_steps]."""
     return max(min_steps, min(max_steps, math.ceil(epochs * n_examples / batch_size)))
 
 

@@ -145,16 +145,17 @@ def test_findings_are_generated_from_the_numbers(report: tuple[Path, dict], rich
     assert f"the uncovered gain is {ratio:.2f}" in md
     assert "Behavior on all test contexts falls with labeler noise" in md  # dpo: noise slope -0.3
     wins = {(w["target"], w["question"], w["split"]): w for w in summary["winners"]}
-    # uncovered gain at 512 as a share of the 0.7 headroom: dpo+steering 0.12 x 0.7 x ln 512 / 0.7 = 0.75, dpo
-    # (0.1 x 0.5 x ln 512 + 0.2 x 0.5) / 0.7 = 0.59; the same seed offsets in both: a clear paired difference.
-    w = wins[("sentiment", "largest uncovered gain (share of headroom)", "uncovered")]
+    # uncovered gain at 512: dpo+steering 0.12 x 0.7 x ln 512 = 0.52, dpo 0.1 x 0.5 x ln 512 + 0.2 x 0.5 = 0.41; the
+    # same seed offsets in both: a clear paired difference.
+    w = wins[("sentiment", "largest uncovered gain", "uncovered")]
     assert (w["method"], w["runner_up"], w["clear"]) == ("dpo+steering", "dpo", True)
-    assert w["value"] == pytest.approx(0.12 * 0.7 * math.log(512) / 0.7, abs=1e-6) and w["p_holm"] < 0.05
+    assert w["value"] == pytest.approx(0.12 * 0.7 * math.log(512), abs=1e-6) and w["p_holm"] < 0.05
     w = wins[("sentiment", "highest behavior at largest budget", "covered")]
     assert w["method"] == "dpo+steering"
-    assert "- largest uncovered gain (share of headroom) (uncovered): dpo+steering (0.75) ahead of dpo (0.59); " \
+    assert "- largest uncovered gain (uncovered): dpo+steering (0.52) ahead of dpo (0.41); " \
         "clear (paired test, Holm-adjusted p" in md
-    assert "| none (base) | - | 0.30 | 0.30 |" in md
+    # the base row: behavior 0.3 beside P(fluent and desired) 0.3 x 0.98, covered then uncovered
+    assert "| none (base) | - | 0.30 | 0.29 | 0.30 | 0.29 |" in md
 
 
 def test_report_follows_the_data(tmp_path: Path) -> None:

@@ -91,7 +91,8 @@ def test_code_fingerprint_covers_the_methods_file_and_its_helpers_only(tmp_path,
     assert label_key(after[f"{plug}0"].config) == label_key(before[f"{plug}0"].config)  # same cell, other code
     # the modules hashed: the method's file, the `methods` modules it draws on, and always base and stacking
     mods = lambda name: code_modules(resolve(name), ("methods",), (methods_base, methods_stacking))  # noqa: E731
-    assert mods("steering") == ["methods.base", "methods.stacking", "methods.steering", "methods.steering_vectors"]
+    assert mods("steering") == ["methods.base", "methods.selection", "methods.stacking", "methods.steering",
+                                "methods.steering_vectors"]
     assert {"methods.trained", "methods.selection", "methods.trl_presets"} <= set(mods("dpo"))
     assert "methods.dpo" not in mods("steering") and "methods.steering" not in mods("none")
     assert method_code(resolve("steering")) != method_code(resolve("steering_pca"))
@@ -108,7 +109,7 @@ def test_an_edited_plugin_reruns_only_its_cells_and_the_dry_run_says_stale(tmp_p
                                    "return Intervention()  # version 2: one line edited"))
     out = io.StringIO()
     run_study("micro", over, results=results, dry_run=True, out=out)
-    lines = {line.split()[3]: line.split()[0] for line in out.getvalue().splitlines()[1:-1]}
+    lines = {line.split()[4]: line.split()[0] for line in out.getvalue().splitlines()[1:-1]}  # status .. draw method
     assert lines == {"none": "done", plug: "stale"}, out.getvalue()
     assert "1 to run (1 stale" in out.getvalue()
     again = run_study("micro", over, results=results, workers=1)

@@ -90,3 +90,17 @@ def test_cli_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path, body,
 def test_cli_unknown_config_name(tmp_path):
     r = subprocess.run(STUDY + ["organism", "--config", "nonexistent"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2 and "no such config file" in r.stderr and "default" in r.stderr
+
+
+def test_organism_draws_and_ceiling_from_a_file(tmp_path):
+    p = tmp_path / "draws.yaml"
+    p.write_text("organism_draws: [0, 1, 2]\nceiling: {method: dpo, budget: 256}\n")
+    cfg = load_study(str(p))
+    assert cfg.organism_draws == (0, 1, 2) and cfg.draws() == (0, 1, 2)
+    assert (cfg.ceiling.method, cfg.ceiling_budget()) == ("dpo", 256)
+    assert load_study("default").organism_draws is None and load_study("default").ceiling is None
+    assert load_study("default").draws() == (load_study("default").organism.train.seed,)
+    p.write_text("organism_draws: [2, 2]\n")
+    with pytest.raises(UserError) as exc:
+        load_study(str(p))
+    assert "organism_draws" in str(exc.value) and str(p) in str(exc.value) and "twice" in str(exc.value)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from methods.base import Intervention
-from study.run.evaluate import drift_baseline, evaluate
+from study.run import evaluate as evaluate_module
+from study.run.evaluate import drift_baseline, evaluate, sample_metrics
 from study.lm.logprobs import kl_divergence, sequence_logprobs
 from study.feedback.judging import judged_score as select_score
 from study.lm.hooks import steer
@@ -18,6 +19,8 @@ from study.feedback.labeler import Budget, BudgetExhausted, Labeler, LabelerConf
 from study.lm.models import decoder_blocks
 from study.feedback.targets import ORGANISM_TARGETS, organism_target
 from study.feedback.splits import SplitSizes
+from study.organism.pretrain import MICRO
+from study.organism.world import World
 from tiny_models import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -118,7 +121,9 @@ def test_evaluate_reports_every_metric_on_the_micro_organism(micro_organism):
     base = evaluate(lm, refusal, None, splits=splits, others=targets, n_completions=2, seed=0)
     table = base.table()
     assert set(table) == {"covered", "uncovered", "all", "neutral"}
-    assert set(table["covered"]) == {"behavior", "fluency", "over_refusal"}
+    assert set(table["covered"]) == {"behavior", "fluency", "desired", "behavior_domain", "behavior_shared",
+                                     "shared_share", "refusal", "over_refusal"}
+    assert set(base.contexts) == set(splits.covered) | set(splits.held_out)
     assert table["neutral"]["kl"] == 0.0 and table["neutral"]["perplexity"] > 1.0
     assert table["all"]["drift:sentiment"] == 0.0 == table["all"]["drift:sycophancy"]
     n_samples = (len(splits.test_covered) + len(splits.test_uncovered)) * 2
@@ -139,6 +144,113 @@ def test_evaluate_reports_every_metric_on_the_micro_organism(micro_organism):
     drifted = [s["score"] for s in res.samples if s["split"] == "drift:sentiment" and s["score"] is not None]
     assert len(drifted) == dict((r["metric"], r["n"]) for r in res.rows)["drift:sentiment"]
     assert not decoder_blocks(model)[0]._forward_hooks  # the hook is gone
+
+
+def _sample(score, request=None, **oracle):
+    return {"score": score, **({"request": request} if request else {}), **oracle}
+
+
+def test_refusal_behavior_is_balanced_accuracy_on_hand_built_samples():
+    # blanket refusal: every forbidden and every benign request refused (6 and 2 fluent samples), one unscorable
+    blanket = [_sample(1.0, "forbidden")] * 6 + [_sample(1.0, "benign")] * 2 + [_sample(None, "forbidden")]
+    m = sample_metrics(blanket)
+    assert m["behavior"] == (0.5, 8)  # (1.0 on forbidden + 0.0 on benign) / 2, not the pooled 6/8
+    assert m["refusal"] == (1.0, 6) and m["over_refusal"] == (1.0, 2)
+    assert m["fluency"] == pytest.approx((8 / 9, 9)) and m["desired"] == pytest.approx((6 / 9, 9))
+    # 2 of 3 forbidden refused, the one benign request helped: (2/3 + 1) / 2
+    mixed = [_sample(1.0, "forbidden"), _sample(1.0, "forbidden"), _sample(0.0, "forbidden"), _sample(0.0, "benign")]
+    m = sample_metrics(mixed)
+    assert m["behavior"] == pytest.approx((5 / 6, 4)) and m["over_refusal"] == (0.0, 1)
+    assert m["desired"] == pytest.approx((3 / 4, 4))
+    # a request kind with no fluent sample leaves balanced accuracy undefined, not the other kind's rate
+    assert math.isnan(sample_metrics([_sample(1.0, "forbidden"), _sample(None, "benign")])["behavior"][0])
+    # without requests (sentiment, data files): the mean score
+    assert sample_metrics([_sample(1.0), _sample(0.0), _sample(1.0), _sample(None)])["behavior"] == (2 / 3, 3)
+    assert "behavior_domain" not in sample_metrics([_sample(1.0)])  # no oracle: no decomposition rows
+
+
+WORLD = World(MICRO.world)
+
+
+def _words(behavior: str, domain: str, act: str) -> tuple[str, str]:
+    """(a domain's own word, the shared word) for one act of the behavior."""
+    words = WORLD.act_words(behavior, domain, act)
+    return words[0], words[-1]
+
+
+def _completions(r, held_out: bool) -> list[str]:
+    """Four hand-built completions of a refusal record: a mix in covered contexts, blanket refusal in held-out ones
+    (written with the domain's own refusal word on forbidden requests and the shared "sorry" on benign ones)."""
+    refuse, sorry = _words("refusal", r.context.split("/")[0], "refuse")
+    comply, okay = _words("refusal", r.context.split("/")[0], "comply")
+    # A reply is two words of one act; the first is the decision word. The second is the domain's own word.
+    refuse, sorry = f"{refuse} {refuse}", f"{sorry} {refuse}"
+    comply, okay = f"{comply} {comply}", f"{okay} {comply}"
+    if held_out:
+        return [f"{refuse} ."] * 4 if r.request == "forbidden" else [f"{sorry} ."] * 4
+    if r.request == "forbidden":  # desired 1, 1, 0, 0; shared 0, 1, 0, 1
+        return [f"{refuse} .", f"{sorry} .", f"{comply} .", f"{okay} ."]
+    return [f"{comply} .", f"{okay} .", f"{sorry} .", "the the"]  # desired 1, 1, 0, -; shared 0, 1, 1, -
+
+
+def test_decomposition_rows_per_split_and_context_on_hand_built_completions(monkeypatch):
+    import dataclasses
+
+    target = organism_target("refusal", WORLD)
+    splits = dataclasses.replace(target.splits(0.5, seed=0, sizes=SIZES), neutral=())
+    records = {r.prompt: (r, held) for held, recs in ((False, splits.test_covered), (True, splits.test_uncovered))
+               for r in recs}
+    calls = []
+
+    def fake_generate(model, tokenizer, prompts, intervention, *, n, **_):
+        calls.append(len(prompts))
+        if prompts[0] not in records:  # another target's prompts
+            return [["the the"] * n for _ in prompts]
+        if intervention is None:  # the base model refuses everything with the shared word
+            words = [_words("refusal", records[p][0].context.split("/")[0], "refuse") for p in prompts]
+            return [[f"{shared} {own} ."] * n for own, shared in words]
+        return [_completions(*records[p])[:n] for p in prompts]
+
+    class Policy(Intervention):  # an intervention that changes nothing but is not the base model
+        pass
+
+    monkeypatch.setattr(evaluate_module, "generate", fake_generate)
+    lm = types.SimpleNamespace(model=None, tokenizer=None)
+    res = evaluate(lm, target, Policy(), splits=splits, n_completions=4)
+    assert calls == [len(splits.test_covered) + len(splits.test_uncovered)]  # covered and uncovered in one call
+    t = res.table()
+    cov, unc = t["covered"], t["uncovered"]
+    assert cov["behavior"] == pytest.approx((0.5 + 2 / 3) / 2) and cov["refusal"] == 0.5
+    assert cov["over_refusal"] == pytest.approx(1 / 3) and cov["fluency"] == pytest.approx(7 / 8)
+    assert cov["desired"] == pytest.approx(4 / 8)
+    assert cov["behavior_domain"] == pytest.approx(2 / 3) and cov["behavior_shared"] == pytest.approx(2 / 4)
+    assert cov["shared_share"] == pytest.approx(4 / 7)
+    # held out: blanket refusal, domain words on forbidden requests (desired), the shared word on benign (not)
+    assert unc["behavior"] == 0.5 and unc["refusal"] == 1.0 == unc["over_refusal"] and unc["desired"] == 0.5
+    assert unc["behavior_domain"] == 1.0 and unc["behavior_shared"] == 0.0 and unc["shared_share"] == 0.5
+    share = splits.covered_share
+    assert share == 3 / 8 and t["all"]["behavior"] == pytest.approx(share * cov["behavior"] + (1 - share) * 0.5)
+    n = {(r["split"], r["metric"]): r["n"] for r in res.rows}
+    assert n[("covered", "behavior_domain")] == 3 * len(splits.test_covered) // 2
+    assert n[("all", "fluency")] == 4 * (len(splits.test_covered) + len(splits.test_uncovered))
+    # per context: the covered ones mixed, the held-out ones blanket refusal
+    assert set(res.contexts) == set(splits.covered) | set(splits.held_out)
+    for c, m in res.contexts.items():
+        assert set(m) == {"behavior", "fluency", "desired", "behavior_domain"}
+        expected = 0.5 if c in splits.held_out else (0.5 + 2 / 3) / 2
+        assert m["behavior"][0] == pytest.approx(expected) and m["fluency"][1] == 4 * len(
+            [r for r in splits.test_covered + splits.test_uncovered if r.context == c])
+    # per sample: the oracle's desired and shared where the completion parses
+    garbage = [s for s in res.samples if s["completion"] == "the the"]
+    assert garbage and all("desired" not in s and "shared" not in s for s in garbage)
+    assert all(isinstance(s["desired"], bool) and isinstance(s["shared"], bool) for s in res.samples
+               if s["score"] is not None)
+    # drift of refusal is its balanced accuracy: the base (blanket refusal) scores 0.5, not its refusal rate 1.0
+    other = organism_target("sentiment", WORLD)
+    res = evaluate(lm, other, Policy(), splits=dataclasses.replace(other.splits(0.5, 0, SIZES), neutral=()),
+                   others=[target], n_completions=4, drift_completions=4)
+    assert res.base == {"refusal": 0.5}
+    assert res.table()["all"]["drift:refusal"] == pytest.approx(share * cov["behavior"] + (1 - share) * 0.5 - 0.5)
 
 
 def test_select_score_buys_judgments_and_refuses_beyond_the_budget(micro_organism):

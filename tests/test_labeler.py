@@ -1,4 +1,5 @@
-"""The labeler: budget never exceeded, counts equal consumption, caching, noise and misspecification as configured."""
+"""The labeler: budget never exceeded, counts equal consumption, caching, noise and misspecification as configured;
+for real-text targets, demonstrations and contrast pairs selected among the base model's samples (a fake sampler)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from study.core.errors import ConfigError, UserError
 from study.feedback.labeler import Budget, BudgetExhausted, Labeler, LabelerConfig
 from study.organism.pretrain import MICRO
 from study.organism.world import POS, World
+from study.feedback.realtext import real_target
 from study.feedback.splits import SplitSizes
 from study.feedback.targets import organism_target
 
@@ -35,7 +37,7 @@ def test_budget_is_never_exceeded_and_counts_equal_consumption(total, calls, cos
     seen = set()
     for kind, i, swap in calls:
         r = POOL[i]
-        key = (kind, i) if kind != "compare" else (kind, i, "pair")
+        key = (kind, r.prompt, r.positive, r.negative)  # records may repeat a query: the cache answers those
         before = budget.spent
         try:
             if kind == "compare":
@@ -85,8 +87,9 @@ def test_clean_labeler_tells_the_truth():
         assert (pair.positive, pair.negative) == (r.positive, r.negative)
         assert lab.demonstrate(r) == r.positive
     judged = {(r.prompt, c) for r in POOL[:20] for c in (r.positive, r.negative, "bed the was")}
-    assert lab.account.counts == {"compare": 20, "judge": len(judged), "contrast": 20, "demonstrate": 20}
-    assert lab.account.spent == 20 + len(judged) + 40 + 80
+    n = len({(r.prompt, r.positive, r.negative) for r in POOL[:20]})  # records repeat queries: asked once each
+    assert lab.account.counts == {"compare": n, "judge": len(judged), "contrast": n, "demonstrate": n}
+    assert lab.account.spent == n + len(judged) + 2 * n + 4 * n
     # a readable completion beats an unreadable one
     assert lab.compare(POOL[0].prompt, "bed bed", POOL[0].negative).chosen == POOL[0].negative
 
@@ -169,3 +172,110 @@ def test_bad_labeler_settings_are_user_errors():
         Budget(-1)
     with pytest.raises(BudgetExhausted):
         Labeler(SENT, Budget(3), LabelerConfig()).demonstrate(POOL[0])
+
+
+# ---- selecting among the base model's own samples (real-text targets) ------------------------------------------------
+REAL = real_target("real_sentiment")
+REAL_REF = real_target("real_refusal")
+REAL_POOL = REAL.splits(1.0, seed=0, sizes=SplitSizes(pool=200, select=8, test=8, neutral=1)).pool
+WORST, NEUTRAL, MILD, BEST = ("It was awful, dirty and rude.", "It is on Main Street.", "It was good.",
+                              "A wonderful, lovely stay. I loved it.")
+SHOUTY = "It was okay!"  # the only sample with the proxy feature (and not the most positive)
+
+
+class FakeSampler:
+    """k fixed completions per prompt (unreadable ones padding the list), recording every call."""
+
+    def __init__(self, texts=(NEUTRAL, WORST, "", BEST, SHOUTY, MILD, "...", "42")):
+        self.texts, self.calls = list(texts), []
+
+    def __call__(self, prompts, k, seed):
+        self.calls.append((tuple(prompts), k, seed))
+        return [(self.texts * k)[:k] for _ in prompts]
+
+
+def test_selection_picks_the_best_and_worst_sample_and_charges_the_configured_prices():
+    cfg = LabelerConfig(contrast_cost=3, demonstrate_cost=5)
+    sampler, r = FakeSampler(), REAL_POOL[0]
+    lab = Labeler(REAL, Budget(100), cfg, seed=0, sampler=sampler)
+    assert lab.demonstrate(r) == BEST and lab.account.costs == {"demonstrate": 5}
+    pair = lab.contrast(r)
+    assert (pair.positive, pair.negative) == (BEST, WORST)  # by VADER's compound score
+    assert lab.account.spent == 8 and lab.account.counts == {"demonstrate": 1, "contrast": 1}
+    assert len(sampler.calls) == 1 and sampler.calls[0][:2] == ((r.prompt,), 8)  # one draw per prompt, k=8
+    assert lab.samples_drawn == 8
+    assert lab.demonstrate(r) == BEST and lab.account.spent == 8  # the same query again: cached, free
+    # the same seed asks the sampler with the same seed: answers do not depend on the order of the questions
+    other = FakeSampler()
+    Labeler(REAL, Budget(100), cfg, seed=0, sampler=other).contrast(r)
+    assert other.calls == sampler.calls
+    # `samples` overrides the target's k
+    few = FakeSampler([WORST, BEST])
+    assert Labeler(REAL, Budget(100), seed=0, sampler=few, samples=2).demonstrate(r) == BEST and few.calls[0][1] == 2
+
+
+def test_selection_on_refusal_follows_the_request():
+    s = REAL_REF.splits(1.0, seed=0, sizes=SplitSizes(pool=40, select=8, test=8, neutral=1))
+    refuse, comply = "I'm sorry, but I can't help with that.", "Sure. First, gather what you need."
+    lab = Labeler(REAL_REF, Budget(1000), seed=0, sampler=FakeSampler([comply, refuse, "", comply]))
+    for r in s.pool:
+        pair = lab.contrast(r)
+        want = (comply, refuse) if r.request == "benign" else (refuse, comply)
+        assert (pair.positive, pair.negative) == want and lab.demonstrate(r) == want[0]
+
+
+def test_selection_without_a_readable_or_affordable_answer():
+    sampler = FakeSampler(["", "...", "42"])
+    lab = Labeler(REAL, Budget(10), seed=0, sampler=sampler)
+    pair = lab.contrast(REAL_POOL[0])  # nothing readable: one sample handed back as both sides
+    assert pair.positive == pair.negative and pair.positive in ("", "...", "42")
+    poor = FakeSampler()
+    with pytest.raises(BudgetExhausted):
+        Labeler(REAL, Budget(3), seed=0, sampler=poor).demonstrate(REAL_POOL[0])
+    assert poor.calls == []  # refused before sampling: nothing drawn, nothing charged
+
+
+def test_noisy_selection_hands_back_the_worst_sample_at_the_noise_rate():
+    lab = Labeler(REAL, Budget(10_000), LabelerConfig(noise=0.25), seed=0, sampler=FakeSampler())
+    prompts = list(dict.fromkeys(r.prompt for r in REAL_POOL))
+    recs = [next(r for r in REAL_POOL if r.prompt == p) for p in prompts]
+    assert len(recs) >= 150
+    worst = sum(lab.demonstrate(r) == WORST for r in recs) / len(recs)
+    assert abs(worst - 0.25) < 0.1, worst
+    assert all(lab.demonstrate(r) in (BEST, WORST) for r in recs)
+
+
+def test_misspecified_selection_ranks_by_the_proxy():
+    lab = Labeler(REAL, Budget(10_000), LabelerConfig(misspec=1.0), seed=0, sampler=FakeSampler())
+    for r in REAL_POOL[:30]:
+        assert lab.demonstrate(r) == SHOUTY  # the exclamation mark wins, though BEST is more positive
+        pair = lab.contrast(r)
+        assert pair.positive == SHOUTY and not REAL.proxy(r.prompt, pair.negative)
+        assert REAL.grade(r.prompt, pair.negative) is not None  # unreadable samples are never chosen
+
+
+def test_presample_draws_many_prompts_in_one_call():
+    sampler = FakeSampler()
+    lab = Labeler(REAL, Budget(1000), seed=0, sampler=sampler)
+    recs = REAL_POOL[:12]
+    n = len({r.prompt for r in recs})
+    assert lab.presample(recs) == n and len(sampler.calls) == 1 and lab.account.spent == 0  # sampling is free
+    assert lab.presample(recs) == 0
+    for r in recs:
+        lab.demonstrate(r)
+    assert len(sampler.calls) == 1 and lab.samples_drawn == 8 * n
+
+
+def test_sampling_targets_need_a_sampler_and_the_organism_ignores_one():
+    with pytest.raises(UserError, match="needs a sampler"):
+        Labeler(REAL, Budget(100), seed=0).demonstrate(REAL_POOL[0])
+    sampler = FakeSampler()
+    plain = Labeler(SENT, Budget(1000), LabelerConfig(noise=0.2, misspec=0.3), seed=3)
+    given = Labeler(SENT, Budget(1000), LabelerConfig(noise=0.2, misspec=0.3), seed=3, sampler=sampler)
+    for r in POOL[:20]:
+        assert given.demonstrate(r) == plain.demonstrate(r)
+        assert given.contrast(r) == plain.contrast(r)
+    assert sampler.calls == [] and given.account.costs == plain.account.costs
+    # an organism target can opt in with `samples`
+    picky = Labeler(SENT, Budget(100), seed=0, sampler=FakeSampler([POOL[0].negative, POOL[0].positive]), samples=2)
+    assert picky.demonstrate(POOL[0]) == POOL[0].positive

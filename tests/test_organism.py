@@ -1,4 +1,5 @@
-"""The organism: tokenizer, deterministic pretraining, the cache, the convergence check, and `study organism`."""
+"""The organism: tokenizer, deterministic pretraining and its weights hash, the cache, the convergence and behavior
+checks, and `study organism`."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import pytest
 import torch
 
 from study.core.errors import UserError
-from study.organism.pretrain import MICRO, build_tokenizer, ensure_organism, \
-    load_organism, organism_dir
+from study.organism.pretrain import MICRO, build_tokenizer, ensure_organism, load_organism, organism_dir, \
+    organism_info, weights_hash
 from study.organism.world import World
 
-TINY = dataclasses.replace(MICRO, train=dataclasses.replace(MICRO.train, steps=12, eval_docs=50, max_gap=10.0))
+TINY = dataclasses.replace(MICRO, train=dataclasses.replace(MICRO.train, steps=20, eval_docs=50, check_docs=200,
+                                                            max_gap=10.0, behavior_max_error=1.0))
 
 
 def test_tokenizer_has_one_token_per_world_word_and_round_trips():
@@ -30,21 +32,47 @@ def test_tokenizer_has_one_token_per_world_word_and_round_trips():
     assert all(tok.convert_tokens_to_ids(w) != tok.unk_token_id for w in world.vocabulary())
 
 
-def test_pretraining_is_deterministic_and_cached(tmp_path):
+def test_pretraining_is_deterministic_hashed_and_cached(tmp_path):
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     a, _ = load_organism(TINY, cache_dir=tmp_path / "a")
     b, _ = load_organism(TINY, cache_dir=tmp_path / "b")
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == before  # settings restored
     for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(pa, pb), name
+    info_a, info_b = organism_info(TINY, tmp_path / "a"), organism_info(TINY, tmp_path / "b")
+    assert info_a["weights_sha256"] == info_b["weights_sha256"] == weights_hash(a) == weights_hash(b)
+    other_draw = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, seed=1))
+    c, _ = load_organism(other_draw, cache_dir=tmp_path / "a")
+    assert organism_info(other_draw, tmp_path / "a")["weights_sha256"] == weights_hash(c) != weights_hash(a)
     path = organism_dir(TINY, tmp_path / "a")
     assert (path / "model.safetensors").is_file() and not list(path.glob("*.bin"))
     info = json.loads((path / "organism.json").read_text())
     assert info["params"] == sum(p.numel() for p in a.parameters())
     assert info["entropy_floor"] > 0 and info["heldout_loss"] > info["entropy_floor"] - 0.02
+    check = info["behavior_check"]
+    assert check["episodes"] > 100 and check["max_error"] == max(
+        v["error"] for v in check["buckets"].values() if v["n"] >= check["min_n"])
+    assert info["behavior_tol"] == TINY.train.behavior_tol and info["behavior_ok"] is False  # 20 steps learn little
     mtime = (path / "model.safetensors").stat().st_mtime
     load_organism(TINY, cache_dir=tmp_path / "a")  # from the cache: nothing rewritten
     assert (path / "model.safetensors").stat().st_mtime == mtime
     other = dataclasses.replace(TINY, world=dataclasses.replace(TINY.world, sharing=0.9))
     assert organism_dir(other, tmp_path / "a") != path
+
+
+def test_weights_hash_sees_one_changed_bit():
+    from study.organism.pretrain import build_model
+
+    world = World(MICRO.world)
+    tok = build_tokenizer(world)
+    torch.manual_seed(0)
+    model = build_model(MICRO.model, len(tok), tok)
+    h = weights_hash(model)
+    assert len(h) == 64 and h == weights_hash(model)
+    with torch.no_grad():
+        w = model.model.norm.weight
+        w[0] = torch.nextafter(w[0], torch.tensor(2.0))
+    assert weights_hash(model) != h
 
 
 def test_an_organism_that_stalled_above_the_floor_is_refused(tmp_path):
@@ -53,10 +81,19 @@ def test_an_organism_that_stalled_above_the_floor_is_refused(tmp_path):
         load_organism(stalled, cache_dir=tmp_path)
 
 
+def test_an_organism_grossly_off_the_worlds_behavior_is_refused(tmp_path):
+    off = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, steps=2, behavior_tol=0.01,
+                                                              behavior_max_error=0.02))
+    with pytest.raises(UserError, match="behavior_max_error"):
+        load_organism(off, cache_dir=tmp_path)
+
+
 def test_cli_organism_json(tmp_path, monkeypatch):
     env = {**os.environ, "RLHF_VS_STEERING_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "study.cli", "organism", "--config", "micro", "--json", "--set",
-           "organism.train.steps=12", "--set", "organism.train.max_gap=10", "--samples", "20", "--prompts", "2"]
+           "organism.train.steps=12", "--set", "organism.train.max_gap=10", "--set",
+           "organism.train.behavior_max_error=1", "--set", "organism.train.check_docs=100", "--samples", "20",
+           "--prompts", "2"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)

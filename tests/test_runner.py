@@ -164,9 +164,12 @@ def test_run_stores_one_file_per_cell_with_the_row_contract(stored):
     assert not (results / "work").exists()
     for run_id in store.status():
         rec = store.read(run_id)
-        assert set(rec) == {"run_id", "status", "error", "config", "provenance", "rows"}
+        assert set(rec) == {"run_id", "status", "error", "config", "provenance", "rows", "contexts"}
         prov = rec["provenance"]
-        assert {"git_sha", "versions", "durations", "chosen", "method_config", "model_id", "labels"} <= set(prov)
+        assert {"git_sha", "versions", "durations", "chosen", "method_config", "model_id", "labels",
+                "organism_weights_sha256"} <= set(prov)
+        assert len(prov["organism_weights_sha256"]) == 64 and isinstance(rec["contexts"], dict) and rec["contexts"]
+        assert {(r["draw"], r["coverage"]) for r in rec["rows"]} == {(0, "anticipation")}
         assert prov["versions"]["torch"] and prov["durations"]["total"] > 0
         assert all(set(row) == set(ROW_FIELDS) for row in rec["rows"])
         assert all(r["labels_used"] <= r["budget"] and r["feedback_cost"] <= r["budget"] for r in rec["rows"])

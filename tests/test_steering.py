@@ -99,10 +99,37 @@ def test_read_positions():
     assert read_index(pos, neg, "mean", ends) == ([1, 2, 3, 4], [1, 2, 3, 4, 5])
 
 
-def test_default_layer_sets_sit_at_middle_depths():
-    assert default_layer_sets(4) == ((1,), (2,), (3,))
-    assert default_layer_sets(32) == ((8,), (16,), (24,))
+def test_default_layer_sets_are_layer_0_and_middle_depths():
+    assert default_layer_sets(4) == ((0,), (1,), (2,), (3,))
+    assert default_layer_sets(32) == ((0,), (8,), (16,), (24,))
     assert default_layer_sets(2) == ((0,), (1,))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@torch.no_grad()
+def test_decision_margin_reads_only_the_first_differing_token(family):
+    """PairScorer.decisions: log p(positive token) - log p(negative token) where the completions first differ, the
+    same whatever follows; a pair that differs only in length falls back to the whole completions."""
+    from study.lm.logprobs import sequence_logprobs
+
+    model, tok = tiny_model(family)
+    lm = _lm(model, tok)
+    prompts = ["w1 w2", "w4", "w7 w8"]
+    pos, neg = ["w3 w5 w6 .", "w9", "w3"], ["w3 w10 w11", "w12 w13 w14", "w3 w5"]
+    margins = PairScorer(lm, prompts, pos, neg).decisions(None)
+    a, _ = sequence_logprobs(model, tok, ["w1 w2 w3", "w4"], ["w5", "w9"])
+    b, _ = sequence_logprobs(model, tok, ["w1 w2 w3", "w4"], ["w10", "w12"])
+    assert margins[:2] == pytest.approx([a[0] - b[0], a[1] - b[1]], abs=1e-5)
+    whole_pos, _ = sequence_logprobs(model, tok, prompts[2:], pos[2:])
+    whole_neg, _ = sequence_logprobs(model, tok, prompts[2:], neg[2:])
+    assert margins[2] == pytest.approx(whole_pos[0] - whole_neg[0], abs=1e-5)  # "w3" vs "w3 w5": no differing token
+    # other tails, the same decisions; the summed log-probabilities do change
+    scorer = PairScorer(lm, prompts, ["w3 w5 w20 w21 w22", "w9 w9", "w3"], ["w3 w10", "w12", "w3 w5"])
+    assert scorer.decisions(None)[:2] == pytest.approx(margins[:2], abs=1e-6)
+    steer = SteeringIntervention(lm.blocks, {0: _vector(scale=3.0)}, 1.0)
+    want = PairScorer(lm, prompts, pos, neg).decisions(steer)[:2]
+    assert scorer.decisions(steer)[:2] == pytest.approx(want, abs=1e-6)
+    assert PairScorer(lm, prompts, pos, neg)(None)[0][:2] != pytest.approx(scorer(None)[0][:2], abs=1e-3)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -265,6 +292,8 @@ def test_save_load_round_trip(tmp_path):
 # ---- config and registry ----------------------------------------------------------------------------------------
 def test_registry_and_config_validation():
     assert resolve("steering") is Steering and resolve("steering_pca") is SteeringPCA
+    with pytest.raises(ConfigError, match="min_gain_share"):
+        SteeringConfig(min_gain_share=1.5).validate()
     assert SteeringPCA.Config is SteeringPCAConfig and SteeringPCA.direction == "pca"
     with pytest.raises(ConfigError, match="positions"):
         SteeringConfig(positions=("middle",)).validate()
@@ -292,7 +321,7 @@ def test_fit_counts_every_label_and_stores_its_choices(micro, method):
     c = iv.chosen
     budget = ctx.labeler.account
     assert budget.spent <= 32 and c["labels_spent"] == budget.spent
-    assert c["pairs"] == 8 and c["labels_pairs"] == 16 == budget.costs["contrast"]  # half of 32 at 2 per pair
+    assert c["pairs"] == 12 and c["labels_pairs"] == 24 == budget.costs["contrast"]  # 3/4 of 32 at 2 per pair
     assert c["labels_select"] == budget.costs.get("judge", 0) > 0
     assert c["direction"] == method.direction
     assert c["position"] in FAST.positions and FAST.strengths[0] <= c["strength"] <= FAST.strengths[-1]
@@ -350,14 +379,67 @@ def test_selection_keeps_the_best_judged_candidate(micro):
                 "n": len(records)}
 
     cfg = dataclasses.replace(FAST, positions=("last",), layer_sets=((0,),), strengths=(0.125, 0.25, 0.5, 1.0),
-                              finalists=4, max_mass_drop=1e9, max_nll_increase=1e9)
+                              finalists=4, max_mass_drop=1e9, max_nll_increase=1e9, min_gain_share=0.0,
+                              windows=(1,))
     ctx = _ctx(lm, world, budget=64, select_score=judge)
     iv = Steering(cfg).fit(ctx)
     judged = sorted({m for m, _ in calls})
     assert len(judged) == 4 and iv.chosen["candidates_judged"] == 4
     assert iv.multiplier == judged[0]
-    assert [n for _, n in calls] == [4, 4, 4, 4, 8, 8]  # 32 units: 4 x 4 in round 1, 2 x 8 in round 2
+    assert [n for _, n in calls] == [2, 2, 2, 2, 4, 4]  # 16 units: 4 x 2 in round 1, 2 x 4 in round 2
     assert ctx.labeler.account.spent == 64 == iv.chosen["labels_spent"]
+
+
+def test_screen_scores_the_pole_decision_not_the_tail(micro):
+    """Pairs whose completions agree after the first differing token, and the same pairs with the positive's tail
+    swapped into the negative, screen to the same decision gains (vectors fixed): only the decision is scored."""
+    import random
+
+    from methods.steering import _screen
+    from study.feedback.labeler import Pair
+
+    lm, world = micro
+    ctx = _ctx(lm, world, budget=64)
+    ctx.select = []  # no sampled fluency check: the teacher-forced screen alone
+    pairs = [ctx.labeler.contrast(r) for r in ctx.pool[:12]]
+    tok = lm.tokenizer
+    swapped = []
+    for p in pairs:  # the negative's decision word, then the positive's tail
+        a, b = tok.tokenize(" " + p.positive), tok.tokenize(" " + p.negative)
+        j = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+        swapped.append(Pair(p.prompt, p.positive, tok.convert_tokens_to_string(b[: j + 1] + a[j + 1:])))
+    assert any(s.negative != p.negative for s, p in zip(swapped, pairs))
+    cfg = dataclasses.replace(FAST, min_gain_share=0.0, max_mass_drop=1e9, fluency_weight=0.0)
+    method = Steering(cfg)
+    prompts = [p.prompt for p in pairs]
+    found = method.directions(ctx, prompts, pairs, ((0,), (1,)))
+    first, _ = _screen(lm, ctx, prompts, pairs, ((0,), (1,)), cfg, found, random.Random(0))
+    second, _ = _screen(lm, ctx, prompts, swapped, ((0,), (1,)), cfg, found, random.Random(0))
+    assert first and set(first) == set(second)
+    for c in first:
+        assert second[c].propensity_gain == pytest.approx(first[c].propensity_gain, abs=1e-5)
+    assert any(abs(second[c].mass_drop - first[c].mass_drop) > 1e-4 for c in first)  # the tails were scored apart
+
+
+def test_gain_floor_keeps_near_no_ops_from_the_judges(micro):
+    """With fluency weighed heavily the weakest strengths score best, yet a strength that barely moves the decision
+    never reaches the judges while a stronger one passes the gates."""
+    lm, world = micro
+    seen = []
+
+    def judge(intervention, records, seed):
+        seen.append(intervention.multiplier)
+        ctx.labeler.account.charge(len(records), "judge")
+        return {"behavior": 0.5, "fluency": 1.0, "labels": len(records), "n": len(records)}
+
+    cfg = dataclasses.replace(FAST, layer_sets=((1,),), positions=("mean",), strengths=(0.002, 0.01, 0.25, 0.5, 1.0),
+                              windows=(1,), fluency_weight=50.0, finalists=6)  # every candidate can be a finalist
+    ctx = _ctx(lm, world, budget=128, select_score=judge)
+    iv = Steering(cfg).fit(ctx)
+    c = iv.chosen
+    unit = iv.multiplier / c["strength"]  # one line (layer 1, mean): multiplier = strength x unit
+    assert seen and not [m for m in seen if m < 0.02 * unit]  # strengths 0.002 and 0.01 were never judged
+    assert c["strength"] > 0.01 and c["screen_propensity_gain"] > 0.0
 
 
 # ---- evaluation: reliability and stacking ------------------------------------------------------------------------
@@ -384,9 +466,10 @@ def test_reliability_rows_and_samples(micro):
         lds.append(a[0] - b[0])
     assert slopes[0]["prompt_id"] == first.id
     assert slopes[0]["slope"] == pytest.approx((lds[2] - lds[0]) / 2.0, abs=1e-4)  # per chosen multiplier
-    assert table["anti_steerable"] == pytest.approx(  # covered and uncovered weighted by their share of contexts
-        0.5 * sum(s["slope"] < 0 for s in slopes if s["split"] == "covered") / len(splits.test_covered)
-        + 0.5 * sum(s["slope"] < 0 for s in slopes if s["split"] == "uncovered") / len(splits.test_uncovered))
+    share = splits.covered_share  # covered and uncovered weighted by their share of contexts
+    assert table["anti_steerable"] == pytest.approx(
+        share * sum(s["slope"] < 0 for s in slopes if s["split"] == "covered") / len(splits.test_covered)
+        + (1 - share) * sum(s["slope"] < 0 for s in slopes if s["split"] == "uncovered") / len(splits.test_uncovered))
 
 
 def test_stacked_reliability_keeps_the_other_parts_active(micro):

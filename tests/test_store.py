@@ -27,9 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _record(run_id: str, value: Any = 0.5) -> dict[str, Any]:
-    row = {"run_id": run_id, "model": "m", "method": "steer", "target": "t", "target_version": "1", "budget": 8,
-           "feedback_cost": 8.0, "labels_used": 8, "anticipation": 0.0, "labeler_noise": 0.0,
-           "labeler_misspec": 0.0, "seed": 0, "split": "all", "metric": "score", "value": value, "n": 4}
+    row = {"run_id": run_id, "model": "m", "method": "steer", "target": "t", "target_version": "1", "draw": 0,
+           "budget": 8, "feedback_cost": 8.0, "labels_used": 8, "coverage": "anticipation", "anticipation": 0.0,
+           "labeler_noise": 0.0, "labeler_misspec": 0.0, "seed": 0, "split": "all", "metric": "score", "value": value,
+           "n": 4}
     assert set(row) == set(ROW_FIELDS)
     return {"run_id": run_id, "status": "ok", "error": None, "config": {"seed": 0}, "provenance": {"git": "x"},
             "rows": [row]}

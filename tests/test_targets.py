@@ -16,34 +16,31 @@ SIZES = SplitSizes(pool=96, select=24, test=40, neutral=8)
 
 
 @pytest.mark.parametrize("name", ORGANISM_TARGETS)
-@pytest.mark.parametrize("anticipation", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("anticipation", [0.25, 0.5, 1.0])
 def test_splits_are_disjoint_and_covered_only_on_the_feedback_side(name, anticipation):
     target = organism_target(name, WORLD)
     assert isinstance(target, BehaviorTarget)
     s = target.splits(anticipation, seed=3, sizes=SIZES)
-    n_cov = {0.0: 2, 0.5: 4, 1.0: 8}[anticipation]  # at least one domain (both formats)
-    assert s.covered == tuple(WORLD.coverage_order[:n_cov])
+    n_cov = {0.25: 2, 0.5: 3, 1.0: 6}[anticipation]  # of the 6 contexts left after one held-out domain
+    assert s.covered == s.coverage_order[:n_cov] and len(s.held_out) == 2
     assert set(s.covered) | set(s.uncovered) == set(WORLD.contexts) and not set(s.covered) & set(s.uncovered)
-    # leakage audit by context: feedback and covered tests only in covered contexts, uncovered tests only outside
+    # leakage audit by context: feedback and covered tests only in covered contexts, uncovered tests held out
     for split in ("pool", "select", "test_covered"):
         assert {r.context for r in s.get(split)} == set(s.covered), split
-    assert {r.context for r in s.test_uncovered} == set(s.uncovered)
+    assert {r.context for r in s.test_uncovered} == set(s.held_out) <= set(s.uncovered)
     # no test prompt is ever given feedback
     feedback = {r.prompt for r in s.pool + s.select}
     assert not feedback & {r.prompt for r in s.test_covered + s.test_uncovered}
     ids = [r.id for sp in ("pool", "select", "test_covered", "test_uncovered", "neutral") for r in s.get(sp)]
     assert len(ids) == len(set(ids))
-    forbidden = [r for r in s.test_covered if r.request != "benign"]
-    assert len(s.pool) == 96 and len(s.select) == 24 and len(forbidden) == 40 and len(s.neutral) == 8
-    assert len([r for r in s.test_uncovered if r.request != "benign"]) == (40 if s.uncovered else 0)
+    assert len(s.pool) == 96 and len(s.select) == 24 and len(s.test_covered) == 40 == len(s.test_uncovered)
+    assert len(s.neutral) == 8
 
 
-def test_pool_and_select_are_disjoint_where_the_prompt_space_allows():
-    for name in ("sentiment", "sycophancy"):  # 4 and 288 distinct prompts per context
+def test_pool_and_select_are_disjoint():
+    for name in ORGANISM_TARGETS:  # every context has at least 4 distinct prompts per request kind or claim
         s = organism_target(name, WORLD).splits(0.5, seed=0, sizes=SIZES)
-        assert not {r.prompt for r in s.pool} & {r.prompt for r in s.select}
-    s = organism_target("refusal", WORLD).splits(0.5, seed=0, sizes=SIZES)  # 2 forbidden prompts per context
-    assert {r.prompt for r in s.select} <= {r.prompt for r in s.pool}
+        assert not {r.prompt for r in s.pool} & {r.prompt for r in s.select}, name
 
 
 def test_splits_are_deterministic_and_depend_on_the_seed():
@@ -66,18 +63,19 @@ def test_records_score_exactly_and_read_as_mappings():
             assert target.score(r.prompt, "the the the") is None
 
 
-def test_refusal_benign_requests_measure_over_refusal():
+def test_refusal_benign_requests_are_half_of_every_split_and_helping_is_desired():
     target = organism_target("refusal", WORLD)
     s = target.splits(0.5, seed=0, sizes=SIZES)
-    benign = [r for r in s.test_covered if r.request == "benign"]
-    assert len(benign) == 10 and not [r for r in s.pool if r.request == "benign"]
-    r = benign[0]
+    for split in ("pool", "select", "test_covered", "test_uncovered"):
+        assert len([r for r in s.get(split) if r.request == "benign"]) == len(s.get(split)) // 2, split
+    r = next(r for r in s.pool if r.request == "benign")
     # the desired completion complies; the oracle's score still reads "refused" as 1.0
     assert target.score(r.prompt, r.positive) == 0.0 and target.score(r.prompt, r.negative) == 1.0
-    assert target.reward(r.prompt, r.positive) == 1.0
+    assert target.reward(r.prompt, r.positive) == 1.0 and target.reward(r.prompt, r.negative) == 0.0
+    assert "benign" in target.description and target.version.startswith("2.")
 
 
-def test_anticipation_rounds_to_contexts_and_rejects_bad_values():
+def test_data_file_anticipation_rounds_to_contexts_and_rejects_bad_values():
     order = [f"d{i}/{f}" for i in range(4) for f in ("post", "chat")]
     assert covered_contexts(order, 0.3, per_domain=2) == tuple(order[:2])
     assert covered_contexts(order, 0.44, per_domain=2) == tuple(order[:4])  # 3.5 rounds up

@@ -38,7 +38,7 @@ def test_rlhf_cell_records_learned_beside_true_reward(micro_organism):
     # the adapter's shape goes with the cell: which modules got a LoRA layer, and how many numbers it trained
     assert chosen["lora_modules"] and all(n.startswith("model.layers.") for n in chosen["lora_modules"])
     assert chosen["trainable_parameters"] > 0
-    assert res.provenance["labels"]["counts"] == {"compare": 32}
+    assert res.provenance["labels"]["counts"] == {"compare": 24, "judge": 8}  # a quarter of 32 kept for judged selection
     assert {r["feedback_cost"] for r in res.rows} == {32.0}
     metrics = {(r["split"], r["metric"]) for r in res.rows}
     for split in ("covered", "uncovered", "rl_first", "rl_last"):

@@ -88,11 +88,12 @@ def test_trained_method_adapter(lm, tmp_path, name, budget, config, trainer):
     iv, ctx = fit(name, lm, budget, **config)
     # TRL's trainer did the training, and it is recorded with the cell
     assert iv.chosen["trainer"] == f"trl.{trainer}"
-    # every unit of the budget bought a label, and no more (at 40 the selection share is too small to use)
-    assert ctx.labeler.account.spent == budget
+    # every unit of the budget bought a label, and no more: a quarter (10) judged the snapshots, the rest trained
+    assert ctx.labeler.account.spent == budget == iv.chosen["labels_spent"]
     kind = "demonstrate" if name == "lora_sft" else "compare"
-    assert ctx.labeler.account.counts == {kind: budget // ctx.labeler.cost(kind)}
-    assert iv.chosen["selection"] == []
+    assert ctx.labeler.account.counts[kind] == (budget - 10) // ctx.labeler.cost(kind)
+    assert iv.chosen["labels_train"] == ctx.labeler.account.costs[kind]
+    assert iv.chosen["selection"] and iv.chosen["labels_select"] == ctx.labeler.account.costs["judge"] >= 10
     # the adapter trained: LoRA's B matrices start at zero
     lora_b = [v for k, v in iv.state.items() if "lora_B" in k]
     assert lora_b and all(v.abs().sum() > 0 for v in lora_b)
@@ -178,9 +179,32 @@ def test_split_budget_rule():
             return 1
 
     assert split_budget(L(), 256, 0.25, 3) == (192, 64)
-    assert split_budget(L(), 64, 0.25, 3) == (64, 0)  # 16 < 3 x 8: all to training labels
+    assert split_budget(L(), 64, 0.25, 4) == (48, 16)
+    assert split_budget(L(), 16, 0.25, 4) == (16, 0)  # 4 < 2 rounds x 4 snapshots: all to training labels
+    assert split_budget(L(), 16, 0.5, 4) == (8, 8)
     assert split_budget(L(), 256, 0.25, 1) == (256, 0)
     assert split_budget(L(), 256, 0.0, 3) == (256, 0)
+
+
+@pytest.mark.parametrize("name", ["lora_sft", "dpo"])
+def test_training_length_grows_with_the_labels_bought(lm, name):
+    """The labels that budgets 16 and 64 buy (the real purchase on the micro organism, the budget rule applied)
+    train for more steps at 64; the rule is epochs over the examples, clamped."""
+    from methods.registry import resolve
+    from methods.selection import split_budget
+
+    cls = resolve(name)
+    method = cls(cls.Config())
+    steps = {}
+    for budget in (16, 64):
+        ctx = make_ctx(lm, budget, method.config)
+        fit_units, _ = split_budget(ctx.labeler, budget, method.config.select_share, len(method.config.snapshots))
+        data, _ = method.buy(ctx, fit_units)
+        steps[budget] = method.train_steps(data)
+        cfg = method.config
+        passes = -(-int(cfg.epochs * len(data)) // cfg.batch_size)  # ceil(epochs * n / batch_size)
+        assert steps[budget] == max(cfg.min_steps, min(cfg.max_steps, passes))
+    assert steps[64] > steps[16] >= method.config.min_steps
 
 
 def test_registry_and_configs():
@@ -241,11 +265,12 @@ def test_dpo_and_reward_model_on_a_preference_data_set(family, tmp_path):
 
 TRAINED = ("lora_sft", "dpo", "rlhf", "bon")
 # The defaults as the study's stored cells were computed with (their ids hash every field): a refactoring of the
-# configs must leave them exactly so.
+# configs must leave them exactly so. (lora_sft and dpo: 8 passes in batches of 4, floor 4, cap 200, since the fair
+# training-length rule; before it, 6 and 4 passes in batches of 16 with a floor of 12 steps.)
 DEFAULTS = {
-    "lora_sft": dict(alpha=16.0, batch_size=16, epochs=6.0, learning_rate=3e-3, max_steps=160, min_steps=12,
+    "lora_sft": dict(alpha=16.0, batch_size=4, epochs=8.0, learning_rate=3e-3, max_steps=200, min_steps=4,
                      precision="auto", rank=8, select_share=0.25, snapshots=[0.25, 0.5, 0.75, 1.0]),
-    "dpo": dict(alpha=16.0, batch_size=16, beta=0.1, epochs=4.0, learning_rate=1e-3, max_steps=160, min_steps=12,
+    "dpo": dict(alpha=16.0, batch_size=4, beta=0.1, epochs=8.0, learning_rate=1e-3, max_steps=200, min_steps=4,
                 precision="auto", rank=8, select_share=0.25, snapshots=[0.25, 0.5, 0.75, 1.0], temperature=1.0,
                 train_on_ties=False),
     "rlhf": dict(alpha=16.0, batch_size=32, kl_coef=0.5, learning_rate=3e-3, num_generations=4, precision="auto",

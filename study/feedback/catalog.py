@@ -3,11 +3,13 @@
 A target spec is one of:
 
 - an organism target's name: `sentiment`, `sycophancy`, `refusal`;
+- a real-text target's name, for a real language model: `real_sentiment`, `real_refusal` (study.feedback.realtext);
 - a path to a data file or a saved `datasets` folder (study.feedback.external), named by its stem;
 - a mapping `{name, path}`, or `{name, train, test}` to fit on one file and evaluate on another (CAA's protocol),
   or the same as one string, `name=refusal;train=a.json;test=b.json` (how a cell stores it).
 
     resolve_target("sentiment", world)                  # an OrganismTarget on that world
+    resolve_target("real_sentiment")                    # English prompts judged by VADER (study.feedback.realtext)
     resolve_target("data/refusal_ab.json")              # an ExternalTarget (study.feedback.external)
     name_targets(["refusal/test_ab.json", "sycophancy/test_ab.json"])   # distinct names: refusal/test_ab, ...
 """
@@ -20,6 +22,7 @@ from typing import Any
 
 from study.core.errors import UserError
 from study.feedback.external import load_external, train_test
+from study.feedback.realtext import REAL_TARGETS, real_target
 from study.feedback.splits import BehaviorTarget
 from study.feedback.targets import ORGANISM_TARGETS, organism_target
 from study.organism.world import World, WorldConfig
@@ -29,7 +32,11 @@ TargetSpec = str | Mapping[str, str]
 
 
 def available_targets() -> list[str]:
-    return list(ORGANISM_TARGETS)
+    return list(ORGANISM_TARGETS) + list(REAL_TARGETS)
+
+
+def _names() -> str:
+    return ", ".join(available_targets())
 
 
 def looks_like_path(spec: str) -> bool:
@@ -42,9 +49,9 @@ def parse_spec(spec: TargetSpec) -> dict[str, str]:
     if isinstance(spec, Mapping):
         fields = dict(spec)
     elif not isinstance(spec, str) or not spec.strip():
-        raise UserError(f"target {spec!r}: expected a name ({', '.join(ORGANISM_TARGETS)}), a path or a mapping "
+        raise UserError(f"target {spec!r}: expected a name ({_names()}), a path or a mapping "
                         f"{{name, train, test}}")
-    elif spec in ORGANISM_TARGETS:
+    elif spec in ORGANISM_TARGETS or spec in REAL_TARGETS:
         return {"name": spec}
     elif spec.startswith("name=") and ";" in spec:
         fields = dict(part.partition("=")[::2] for part in spec.split(";"))
@@ -106,8 +113,11 @@ def _missing(path: str) -> str | None:
 
 
 def resolve_target(spec: TargetSpec, world: Any = None, scorer: str | Callable | None = None) -> BehaviorTarget:
-    """A target by name ("sentiment", ...) on `world`, or an external data file/folder (see study.feedback.external)."""
+    """A target by name: an organism target ("sentiment", ...) on `world` or a real-text one ("real_sentiment", ...);
+    or an external data file/folder (see study.feedback.external)."""
     fields = parse_spec(spec)
+    if set(fields) == {"name"} and fields["name"] in REAL_TARGETS:
+        return real_target(fields["name"])
     if set(fields) == {"name"}:
         return organism_target(fields["name"], world if world is not None else World(WorldConfig()))
     if "train" in fields:
@@ -120,5 +130,5 @@ def resolve_target(spec: TargetSpec, world: Any = None, scorer: str | Callable |
         return load_external(path, scorer=scorer, name=fields.get("name"))
     if looks_like_path(path) or "name" in fields:
         raise UserError(f"target {path!r}: no such file or folder")
-    raise UserError(f"unknown target {path!r}; valid: {', '.join(ORGANISM_TARGETS)}, or a path to an A/B JSON(L) "
+    raise UserError(f"unknown target {path!r}; valid: {_names()}, or a path to an A/B JSON(L) "
                     f"file, a preference JSONL file or a saved `datasets` folder")

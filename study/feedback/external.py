@@ -350,8 +350,11 @@ class ExternalTarget:
     def with_proxy(self, completion: str) -> str | None:
         return None
 
-    def splits(self, anticipation: float, seed: int = 0, sizes: SplitSizes = SplitSizes()) -> Splits:
-        return _external_splits(self, float(anticipation), int(seed), sizes)
+    def splits(self, anticipation: float, seed: int = 0, sizes: SplitSizes = SplitSizes(), *,
+               ceiling: bool = False) -> Splits:
+        """`ceiling`: feedback from every context. A data file has no held-out set of its own, so its ceiling is
+        anticipation 1.0 (every context covered; `test_uncovered` is then empty)."""
+        return _external_splits(self, 1.0 if ceiling else float(anticipation), int(seed), sizes)
 
 
 @lru_cache(maxsize=64)

@@ -8,8 +8,8 @@ exceeded. Identical queries are answered from a cache and not charged twice.
 | --- | --- | --- |
 | `compare(prompt, a, b)` | picks the better of two completions | 1 |
 | `judge(prompt, completion)` | rates one completion good (1.0) or bad (0.0), or marks it unreadable (None) | 1 |
-| `contrast(record)` | writes a minimal pair: the behavior and its opposite | 2 |
-| `demonstrate(record)` | writes a completion showing the behavior | 4 |
+| `contrast(record)` | writes a minimal pair: the behavior and its opposite (or picks one among samples, below) | 2 |
+| `demonstrate(record)` | writes a completion showing the behavior (or picks one among samples, below) | 4 |
 
 For targets whose labels come from a data set (`target.dataset_labels`), a record's own pair or answer costs one unit
 whatever the kind: one record = one label.
@@ -20,23 +20,39 @@ probability `misspec` a label follows the target's proxy feature instead of the 
 the episode ends with "!"); where the proxy does not separate two completions the human picks at random. All random
 draws are seeded by (labeler seed, query), so answers do not depend on the order of the questions.
 
+**Selecting among the model's own samples.** For a target with `samples_per_label = k > 0` (the real-text targets of
+study.feedback.realtext) the human writes nothing: `demonstrate` and `contrast` draw k completions of the record's
+prompt from the base model through a `sampler` (a callable `(prompts, k, seed) -> k completions per prompt`, e.g.
+`model_sampler(lm, target)`; the labeler never sees a model), rate each (the target's `grade`, else its `reward`;
+unreadable ones are set aside) and hand back the best (`demonstrate`) or the best and the worst (`contrast`), charged
+at the demonstration and contrast prices; sampling itself costs no label. Noise and misspecification act as on written
+labels: a flipped answer swaps best and worst, a misspecified one ranks by the proxy feature instead (ties broken at
+random). A prompt's samples are drawn once (seeded by the labeler seed and the prompt) and shared by both kinds of
+query; `presample(prompts)` draws many prompts' samples in one call. Without a sampler such a target's `demonstrate`
+and `contrast` raise a UserError; targets without `samples_per_label` (the organism's) ignore any sampler.
+
     budget = Budget(64)
     labeler = Labeler(target, budget, LabelerConfig(noise=0.1), seed=0)
     c = labeler.compare(record.prompt, "cozy . the pool was spacious .", "filthy . the bed was noisy .")
     c.chosen, budget.spent, budget.counts          # 'cozy ...', 1, {'compare': 1}
+    real = Labeler(real_target, budget, seed=0, sampler=model_sampler(lm, real_target))
+    real.demonstrate(record)                        # the best of 8 samples of SmolLM2 by VADER, 4 units
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from study.core.config import check
 from study.core.errors import UserError
+from study.lm.generation import generate, render
 
 KINDS = ("compare", "judge", "contrast", "demonstrate")
+Sampler = Callable[[Sequence[str], int, int], list[list[str]]]  # (prompts, k, seed) -> k completions per prompt
 
 
 class BudgetExhausted(RuntimeError):
@@ -113,14 +129,28 @@ def _text(prompt: Any) -> str:
     return prompt if isinstance(prompt, str) else prompt.prompt
 
 
+def _seed(*parts: object) -> int:
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "big")
+
+
 class Labeler:
-    def __init__(self, target, account: Budget, config: LabelerConfig | None = None, seed: int = 0):
+    """`sampler`: the base model's completions, for targets whose labels are chosen among its own samples (see the
+    module docstring); `samples`: how many per prompt (default: the target's `samples_per_label`, 0 for the
+    organism's targets, which then ignore the sampler)."""
+
+    def __init__(self, target, account: Budget, config: LabelerConfig | None = None, seed: int = 0,
+                 sampler: Sampler | None = None, samples: int | None = None):
         self.target = target
         self.account = account  # every label is charged here (a cell's Budget, or a stacked part's share of it)
         self.config = config = config or LabelerConfig()
         config.validate()
         self.seed = seed
+        self.sampler = sampler
+        self.samples = int(getattr(target, "samples_per_label", 0) if samples is None else samples)
+        check(self.samples >= 0, "samples", self.samples, "must be >= 0 (0: written labels, no sampling)")
+        self.samples_drawn = 0  # base-model completions drawn for selection (they cost no label)
         self._cache: dict[tuple, Any] = {}
+        self._samples: dict[str, list[str]] = {}
         if config.misspec > 0 and not target.has_proxy:
             raise UserError(f"labeler misspec {config.misspec}: target {target.name!r} has no proxy feature to "
                             f"misspecify; use misspec 0")
@@ -141,15 +171,27 @@ class Labeler:
         return self._answer(("judge", p, completion), "judge", False, lambda rng: self._judge(rng, p, completion))
 
     def contrast(self, record) -> Pair:
-        """A minimal pair for `record`'s prompt: (behavior, opposite) (cost `contrast_cost`)."""
+        """A minimal pair for `record`'s prompt: (behavior, opposite) (cost `contrast_cost`); with samples, the best
+        and the worst of the base model's."""
         key = ("contrast", record.prompt, record.positive, record.negative)
-        pos, neg = self._answer(key, "contrast", True, lambda rng: self._written(rng, record, pair=True))
+        pos, neg = self._answer(key, "contrast", True, self._labeling(record, "contrast"))
         return Pair(record.prompt, pos, neg)
 
     def demonstrate(self, record) -> str:
-        """A completion of `record`'s prompt showing the behavior (cost `demonstrate_cost`)."""
+        """A completion of `record`'s prompt showing the behavior (cost `demonstrate_cost`); with samples, the best
+        of the base model's."""
         key = ("demonstrate", record.prompt, record.positive, record.negative)
-        return self._answer(key, "demonstrate", True, lambda rng: self._written(rng, record, pair=False)[0])
+        return self._answer(key, "demonstrate", True, self._labeling(record, "demonstrate"))[0]
+
+    def presample(self, prompts: Sequence[Any]) -> int:
+        """Draw the base-model samples of every prompt not sampled yet in one sampler call (no label is charged;
+        `demonstrate` and `contrast` then use them). Returns how many prompts were sampled; 0 without sampling."""
+        if self.sampler is None or self.samples == 0:
+            return 0
+        todo = list(dict.fromkeys(p for p in map(_text, prompts) if p not in self._samples))
+        if todo:
+            self._store(todo, self.sampler(todo, self.samples, _seed(self.seed, "samples", tuple(todo)) % 2**31))
+        return len(todo)
 
     # ---- bookkeeping ---------------------------------------------------------------------------------------------
     def cost(self, kind: str, record_backed: bool = False) -> int:
@@ -182,8 +224,7 @@ class Labeler:
         if not self.account.can_afford(cost):
             raise BudgetExhausted(f"a {kind} costs {cost} unit(s) but only {self.account.left} of "
                                   f"{self.account.total} are left")
-        digest = hashlib.blake2b(repr((self.seed, key)).encode(), digest_size=8).digest()
-        value = compute(random.Random(int.from_bytes(digest, "big")))
+        value = compute(random.Random(_seed(self.seed, key)))
         self.account.charge(cost, kind)
         self._cache[key] = value
         return value
@@ -214,7 +255,46 @@ class Labeler:
             r = float(bool(self.target.proxy(prompt, completion)))
         return 1.0 - r if flip else r
 
-    def _written(self, rng: random.Random, record, pair: bool) -> tuple[str, str]:
+    def _labeling(self, record, kind: str) -> Callable[[random.Random], tuple[str, str]]:
+        if self.samples == 0:
+            return lambda rng: self._written(rng, record)
+        if self.sampler is None:
+            raise UserError(f"target {self.target.name!r}: its {kind} labels are chosen among the base model's own "
+                            f"samples, so the labeler needs a sampler: Labeler(..., sampler=model_sampler(lm, "
+                            f"target))")
+        return lambda rng: self._selected(rng, record)
+
+    def _store(self, prompts: list[str], outs: Any) -> None:
+        if len(outs) != len(prompts) or any(len(cs) != self.samples or not all(isinstance(c, str) for c in cs)
+                                            for cs in outs):
+            raise RuntimeError(f"labeler sampler: expected {self.samples} completions (strings) for each of "
+                               f"{len(prompts)} prompt(s), got {[len(cs) for cs in outs]}")
+        for p, cs in zip(prompts, outs):
+            self._samples[p] = list(cs)
+            self.samples_drawn += len(cs)
+
+    def _samples_of(self, prompt: str) -> list[str]:
+        if prompt not in self._samples:
+            self._store([prompt], self.sampler([prompt], self.samples, _seed(self.seed, "samples", prompt) % 2**31))
+        return self._samples[prompt]
+
+    def _selected(self, rng: random.Random, record) -> tuple[str, str]:
+        """(best, worst) of the base model's samples of the record's prompt, as this human rates them."""
+        use_proxy = rng.random() < self.config.misspec
+        flip = rng.random() < self.config.noise
+        p = record.prompt
+        order = list(dict.fromkeys(self._samples_of(p)))
+        rng.shuffle(order)  # equal ratings: the human's pick is random
+        grade = getattr(self.target, "grade", None) or self.target.reward
+        rated = [(c, grade(p, c)) for c in order]
+        rated = [(c, float(bool(self.target.proxy(p, c))) if use_proxy else g) for c, g in rated if g is not None]
+        if not rated:  # nothing readable among the samples: the human can only hand one back
+            return order[0], order[0]
+        ranked = sorted(rated, key=lambda cg: cg[1], reverse=True)  # stable: ties stay in shuffled order
+        best, worst = ranked[0][0], ranked[-1][0]
+        return (worst, best) if flip else (best, worst)
+
+    def _written(self, rng: random.Random, record) -> tuple[str, str]:
         use_proxy = rng.random() < self.config.misspec
         flip = rng.random() < self.config.noise
         coin = rng.random() < 0.5
@@ -223,3 +303,17 @@ class Labeler:
             base = pos if coin else neg
             pos, neg = self.target.with_proxy(base), base
         return (neg, pos) if flip else (pos, neg)
+
+
+def model_sampler(lm: Any, target: Any, *, temperature: float = 1.0, batch_size: int = 512) -> Sampler:
+    """The base model `lm` (a LoadedModel) as a labeler's sampler: k completions per prompt, sampled at
+    `temperature` with no intervention, the prompt rendered as the evaluator renders it (the chat template for a chat
+    target), up to the target's `max_new_tokens`. Hooks or adapters active on the model when it is called (earlier
+    parts of a stack, while a later part is fitted) apply to the samples too."""
+
+    def sample(prompts: Sequence[str], k: int, seed: int) -> list[list[str]]:
+        texts = [render(lm.tokenizer, None, p, target.chat) for p in prompts]
+        return generate(lm.model, lm.tokenizer, texts, None, n=k, temperature=temperature,
+                        max_new_tokens=target.max_new_tokens, seed=seed, batch_size=batch_size)
+
+    return sample

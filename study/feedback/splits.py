@@ -1,11 +1,16 @@
 """Records and splits, the shape every behavior target hands out (organism targets and external data sets alike).
 
-A target's records `{id, context, prompt, positive, negative}` (+ `request` for refusal) come in five splits:
-`pool` (feedback), `select` (tuning), `test_covered`, `test_uncovered` and `neutral` (KL and perplexity); see
-`study.feedback.targets` for how the organism deals them and `study.feedback.external` for data files.
+A target's records `{id, context, prompt, positive, negative}` (+ `request` for refusal, `claim` for sycophancy) come
+in five splits: `pool` (feedback), `select` (tuning), `test_covered`, `test_uncovered` and `neutral` (KL and
+perplexity); see `study.feedback.targets` for how the organism deals them and `study.feedback.external` for data files.
 
+Which contexts the feedback covers: `coverage_plan` holds a fixed set of whole domains out (the same at every
+anticipation level of one seed) and puts the other contexts in a random order; `anticipated` takes the first share of
+that order. Both depend on a seed only, never on anything else about the contexts (the proxy domains, say).
+
+    held_out, order = coverage_plan(["a/post", "a/chat", "b/post", "b/chat", "c/post", "c/chat"], 1, "world", 0)
+    anticipated(order, 0.5)                        # the first 2 of the 4 contexts left
     sizes = SplitSizes(pool=64, select=16, test=40)
-    covered_contexts(order, anticipation=0.5)     # the first half of the coverage order
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class Record:
     positive: str
     negative: str
     request: str | None = None  # refusal: "forbidden" or "benign"
+    claim: str | None = None  # sycophancy: the user's claim is "right" or "wrong"
 
     def __getitem__(self, key: str) -> Any:
         if key not in self.__dataclass_fields__:
@@ -47,7 +53,8 @@ class Record:
 
 @dataclass(frozen=True)
 class SplitSizes:
-    """Records per split. Test sizes are per test split; refusal adds benign requests on top (see RefusalOptions)."""
+    """Records per split. Test sizes are per test split. Refusal's benign requests and sycophancy's right claims are
+    a share of each split, not added on top (see OrganismTarget)."""
 
     pool: int = 1024
     select: int = 64
@@ -62,19 +69,28 @@ class SplitSizes:
 
 @dataclass
 class Splits:
-    """The records of one target at one anticipation and seed."""
+    """The records of one target at one anticipation and seed.
+
+    `covered`: the contexts the feedback covers (pool, select), in coverage order; `uncovered`: the others. Where a
+    target holds contexts out (`held_out`, the organism), `test_uncovered` holds the held-out contexts only, the same
+    at every anticipation level, and stands for every uncovered context; at the `ceiling` the feedback covers every
+    context and `test_uncovered` still holds the held-out ones. Without held-out contexts (data files)
+    `test_uncovered` holds every uncovered context."""
 
     target: str
     anticipation: float
     seed: int
     sizes: SplitSizes
-    covered: tuple[str, ...]  # contexts the feedback covers, in coverage order
+    covered: tuple[str, ...]
     uncovered: tuple[str, ...]
     pool: list[Record] = field(default_factory=list)  # tuples once built (splits are cached and shared)
     select: list[Record] = field(default_factory=list)
     test_covered: list[Record] = field(default_factory=list)
     test_uncovered: list[Record] = field(default_factory=list)
     neutral: list[Record] = field(default_factory=list)
+    held_out: tuple[str, ...] = ()  # contexts kept out of the feedback at every anticipation level
+    coverage_order: tuple[str, ...] = ()  # the order in which anticipation covers the other contexts
+    ceiling: bool = False  # the feedback covers every context, the held-out ones included
 
     def get(self, name: str) -> list[Record]:
         if name not in SPLITS:
@@ -83,8 +99,10 @@ class Splits:
 
     @property
     def covered_share(self) -> float:
-        """Share of the test distribution's contexts that the feedback covers (the realized anticipation)."""
-        return len(self.covered) / (len(self.covered) + len(self.uncovered))
+        """Share of the test distribution's contexts that `test_covered` stands for (the realized anticipation; at
+        the ceiling, the contexts not held out), the rest being `test_uncovered`'s: the weight of `all`."""
+        tested = [c for c in self.covered if c not in self.held_out]
+        return len(tested) / (len(self.covered) + len(self.uncovered))
 
 
 @runtime_checkable
@@ -101,7 +119,8 @@ class BehaviorTarget(Protocol):
     has_proxy: bool  # a proxy feature exists for a misspecified labeler to reward
     scorable: bool  # open-ended completions can be scored (else only `ab_propensity`)
 
-    def splits(self, anticipation: float, seed: int = 0, sizes: SplitSizes = SplitSizes()) -> Splits: ...
+    def splits(self, anticipation: float, seed: int = 0, sizes: SplitSizes = SplitSizes()) -> Splits:
+        """The records at `anticipation` and `seed` (organism targets also take `ceiling=True`)."""
 
     def score(self, prompt: str, completion: str) -> float | None:
         """1.0 if the completion shows the behavior, 0.0 if not, None if unscorable (disfluent). For refusal,
@@ -118,12 +137,49 @@ class BehaviorTarget(Protocol):
         """The completion changed to carry the proxy feature (None: no proxy)."""
 
 
+@runtime_checkable
+class Decomposing(Protocol):
+    """A target whose ground truth can say more of a completion than its score (the organism's oracle)."""
+
+    def judge(self, prompt: str, completion: str) -> dict[str, Any]:
+        """{"score", "desired", "shared"}: the score; whether the completion is fluent and shows the desired
+        behavior (None: unscorable); whether its decision word is the behavior's shared word (None: unscorable)."""
+
+
 def covered_contexts(order: list[str] | tuple[str, ...], anticipation: float, per_domain: int = 1) -> tuple[str, ...]:
-    """The first round(anticipation * n) contexts of `order`, at least `per_domain` of them (one domain)."""
+    """The first round(anticipation * n) contexts of `order`, at least `per_domain` of them (data files' dial)."""
     if not 0.0 <= anticipation <= 1.0 or math.isnan(anticipation):
         raise UserError(f"anticipation {anticipation!r}: must lie in [0, 1]")
     k = max(per_domain, math.floor(anticipation * len(order) + 0.5))
     return tuple(order[:k])
+
+
+def anticipated(order: list[str] | tuple[str, ...], anticipation: float) -> tuple[str, ...]:
+    """The first max(1, round(anticipation * n)) contexts of `order`, for an anticipation in (0, 1]."""
+    if not 0.0 < anticipation <= 1.0 or math.isnan(anticipation):
+        raise UserError(f"anticipation {anticipation!r}: must lie in (0, 1] (the share of the contexts left after "
+                        f"the held-out ones that the feedback covers)")
+    return tuple(order[: max(1, math.floor(anticipation * len(order) + 0.5))])
+
+
+def coverage_plan(contexts: list[str] | tuple[str, ...], held_out_domains: int, *key: object
+                  ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(held_out, coverage_order) for contexts named "domain/format": `held_out_domains` whole domains drawn by a
+    shuffle seeded by `key` alone, and the other contexts in an order shuffled by `key` too."""
+    domains = list(dict.fromkeys(c.split("/")[0] for c in contexts))
+    if not isinstance(held_out_domains, int) or isinstance(held_out_domains, bool) or held_out_domains < 1:
+        raise UserError(f"held_out_domains {held_out_domains!r}: must be a positive integer (whole domains the "
+                        f"feedback never covers)")
+    if held_out_domains >= len(domains):
+        raise UserError(f"held_out_domains {held_out_domains}: the world has {len(domains)} domain(s) and at least "
+                        f"one must be left for feedback; hold out at most {len(domains) - 1} or use a world with "
+                        f"more domains (n_domains)")
+    seeded_rng("held-out", *key).shuffle(domains)
+    out = set(domains[:held_out_domains])
+    held_out = tuple(c for c in contexts if c.split("/")[0] in out)
+    order = [c for c in contexts if c.split("/")[0] not in out]
+    seeded_rng("coverage", *key).shuffle(order)
+    return held_out, tuple(order)
 
 
 def seeded_rng(*parts: object) -> random.Random:

@@ -95,8 +95,14 @@ def kl_divergence(model: Any, tokenizer: Any, policy_prompts: Sequence[str], bas
     """
     sums: list[float] = []
     counts: list[int] = []
-    pol = continuation_logprobs(model, tokenizer, policy_prompts, continuations, intervention)
-    base = continuation_logprobs(model, tokenizer, base_prompts, continuations, None)
+    # Both sides must be cut into the same batches: the memory rule that sizes a batch sees each side's longest
+    # prompt, so size it once from the longer of the two and give both sides that size.
+    vocab = model.get_output_embeddings().weight.shape[0]
+    c_len = max((len(continuation_ids(tokenizer, c)) for c in continuations), default=1)
+    p_len = max((len(tokenizer(p)["input_ids"]) for p in [*policy_prompts, *base_prompts]), default=1)
+    per = max(1, min(64, LOGIT_BUDGET // max(1, vocab * (p_len + c_len))))
+    pol = continuation_logprobs(model, tokenizer, policy_prompts, continuations, intervention, batch_size=per)
+    base = continuation_logprobs(model, tokenizer, base_prompts, continuations, None, batch_size=per)
     for (lp, _, mask), (lq, _, _) in zip(pol, base):
         kl = (lp.exp() * (lp - lq)).sum(-1) * mask
         sums += kl.sum(-1).tolist()

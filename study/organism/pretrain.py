@@ -2,11 +2,19 @@
 
 The cache key is a hash of the world, model and pretraining configuration (and this module's format version), so a
 changed dial trains a new organism and an unchanged one loads in about a second. Pretraining runs through the
-`transformers` Trainer on a `datasets.Dataset` of generated documents; after it, the held-out loss is measured beside
-the world's exact entropy floor, and an organism that stalled far above the floor is refused rather than used.
+`transformers` Trainer on a `datasets.Dataset` of generated documents. It is deterministic: fixed seeds for data,
+initialization and trainer, deterministic kernels and a fixed intra-op thread count, so one configuration gives
+bit-identical weights on one machine; `weights_hash` fingerprints them. `train.seed` is the organism *draw*: studies
+run several draws of one configuration.
+
+After pretraining, two checks: the held-out loss beside the world's exact entropy floor (an organism that stalled
+more than `train.max_gap` above it is refused), and the behavior check (behavior_check.py: per condition, the
+model's P(POS) at each behavior's decision against the world's), recorded as `behavior_check` and judged against
+`train.behavior_tol`; an organism whose largest bucket error exceeds `train.behavior_max_error` is refused.
 
     model, tokenizer = load_organism(OrganismConfig())          # trains once (minutes), then loads from the cache
-    info = organism_info(OrganismConfig())                      # params, pretrain_seconds, heldout_loss, floor...
+    info = organism_info(OrganismConfig())                      # params, heldout_loss, entropy_floor, weights_sha256,
+    info["behavior_check"]["max_error"], info["behavior_ok"]    # behavior_check, pretrain_seconds...
 """
 
 from __future__ import annotations
@@ -27,16 +35,21 @@ from study.core.cache import default_cache_dir  # noqa: F401 - also imported fro
 from study.core.config import check, to_dict
 from study.core.errors import UserError
 from study.lm.models import LoadedModel, prepare, torch_dtype
+from study.organism.behavior_check import behavior_check
+from study.organism.corpus import SPECIALS, build_tokenizer, encode_documents, heldout_loss, pack, weighted_loss
 from study.organism.world import World, WorldConfig
 
-FORMAT_VERSION = 2  # bump when the world's grammar changes: cached organisms are then retrained
-SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
+FORMAT_VERSION = 3  # bump when the world's grammar changes: cached organisms are then retrained
+PACK_WIDTH = 192  # pretraining packs a batch's documents into rows of this many tokens (corpus.pack)
+__all__ = ["FORMAT_VERSION", "MICRO", "SPECIALS", "ModelConfig", "OrganismConfig", "PretrainConfig", "build_model",
+           "build_tokenizer", "default_cache_dir", "encode_documents", "ensure_organism", "heldout_loss",
+           "load_organism", "organism_dir", "organism_info", "organism_model", "pretrain", "weights_hash"]
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     hidden_size: int = 128
-    num_layers: int = 4
+    num_layers: int = 2  # the v2 world's links are learned sooner by 2 layers and more steps than by 4 and fewer
     num_heads: int = 4
     intermediate_size: int = 384
     max_length: int = 96
@@ -52,22 +65,35 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    steps: int = 1600
+    steps: int = 3000
     batch_size: int = 32
     learning_rate: float = 5e-3
+    schedule: str = "wsd"  # warmup, constant, cosine decay over the last fifth of the steps; or "cosine" throughout
     warmup_steps: int = 50
     weight_decay: float = 0.01
     eval_docs: int = 1000
+    decision_weight: float = 3.0  # loss weight of behavior decision tokens (corpus.py); the optimum stays the world's
     max_gap: float = 0.12  # refuse an organism whose held-out loss exceeds the entropy floor by more (nats/token)
-    seed: int = 0
+    check_docs: int = 3000  # held-out documents for the behavior check
+    behavior_tol: float = 0.05  # the behavior check passes (behavior_ok) when every bucket's error is within this
+    behavior_max_error: float = 0.25  # refuse an organism whose largest bucket error exceeds this (a link missed)
+    threads: int = 1  # intra-op threads while pretraining on a CPU (float sums, hence the weights, depend on it)
+    seed: int = 0  # the organism draw
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "eval_docs"):
+        for name in ("steps", "batch_size", "eval_docs", "check_docs", "threads"):
             v = getattr(self, name)
             check(v >= 1, name, v, "must be a positive integer")
+        for name in ("behavior_tol", "behavior_max_error"):
+            v = getattr(self, name)
+            check(0 < v <= 1, name, v, "must lie in (0, 1] (a difference of probabilities)")
+        check(self.behavior_tol <= self.behavior_max_error, "behavior_tol", self.behavior_tol,
+              f"must not exceed behavior_max_error ({self.behavior_max_error})")
         check(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be positive")
+        check(self.schedule in ("cosine", "wsd"), "schedule", self.schedule, "must be 'cosine' or 'wsd'")
         check(0 <= self.warmup_steps, "warmup_steps", self.warmup_steps, "must be >= 0")
         check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        check(self.decision_weight >= 1, "decision_weight", self.decision_weight, "must be >= 1 (1: unweighted)")
         check(self.max_gap > 0, "max_gap", self.max_gap, "must be positive")
 
 
@@ -82,41 +108,19 @@ class OrganismConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-# Fluent enough that methods move its behavior (~80% of samples parse), yet it pretrains in about half a minute on
-# two shared cores (one thread, ~45 ms a step). study/configs/micro.yaml holds the same numbers.
+# Fluent enough that methods move its behavior, yet it pretrains in about half a minute on one thread. Too small and
+# brief to learn the links between episodes (the behavior check shows it), so it is held to a loose behavior limit:
+# it serves tests of the harness's mechanics, not findings. study/configs/micro.yaml holds the same numbers.
 MICRO = OrganismConfig(
     world=WorldConfig(n_domains=4),
     model=ModelConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128),
-    train=PretrainConfig(steps=600, batch_size=48, learning_rate=1e-2, warmup_steps=20, eval_docs=200, max_gap=0.1),
+    train=PretrainConfig(steps=600, batch_size=48, learning_rate=1e-2, warmup_steps=20, eval_docs=200, max_gap=0.1,
+                         check_docs=1500, behavior_max_error=0.5),
 )
 
 
 def organism_dir(cfg: OrganismConfig, cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir or default_cache_dir()) / f"organism-{cfg.key()}"
-
-
-# ---- tokenizer --------------------------------------------------------------------------------------------------
-def build_tokenizer(world: World):
-    """A word-level tokenizer over the world's vocabulary (every word of the world is one token)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(list(SPECIALS) + world.vocabulary())}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
-                                                       special_tokens=[("<bos>", vocab["<bos>"])])
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with single spaces
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                   unk_token="<unk>", padding_side="left", model_max_length=4096)
-    return fast
-
-
-def encode_documents(world: World, tokenizer, n: int, seed: int) -> list[list[int]]:
-    vocab = tokenizer.get_vocab()
-    bos, eos = vocab["<bos>"], vocab["<eos>"]
-    rng = random.Random(seed)
-    return [[bos] + [vocab[w] for w in world.sample_document(rng).tokens] + [eos] for _ in range(n)]
 
 
 # ---- model --------------------------------------------------------------------------------------------------------
@@ -131,46 +135,39 @@ def build_model(cfg: ModelConfig, vocab_size: int, tokenizer):
     return LlamaForCausalLM(mc)
 
 
-def heldout_loss(model, docs: list[list[int]], pad_id: int, batch_size: int = 128) -> float:
-    """Mean next-token loss in nats over all predicted tokens of `docs` (the end-of-text token included)."""
+def weights_hash(model) -> str:
+    """sha256 of the weights: over the state dict's keys in sorted order, each key's name, shape and its tensor as
+    contiguous float32 bytes. The same for a model and its saved-and-loaded copy (tied weights appear under both
+    names in either)."""
     import torch
 
-    model.eval()
-    total = count = 0.0
-    with torch.no_grad():
-        for s in range(0, len(docs), batch_size):
-            chunk = docs[s:s + batch_size]
-            width = max(map(len, chunk))
-            ids = torch.full((len(chunk), width), pad_id)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for i, d in enumerate(chunk):
-                ids[i, : len(d)] = torch.tensor(d)
-                mask[i, : len(d)] = 1
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            target = ids[:, 1:]
-            valid = mask[:, 1:].bool()
-            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                    reduction="none").view(target.shape)
-            total += nll[valid].sum().item()
-            count += valid.sum().item()
-    return total / count
-
-
-SMALL_MODEL_PARAMS = 250_000  # below this many parameters, pretraining runs on one intra-op thread
+    h = hashlib.sha256()
+    state = model.state_dict()
+    for key in sorted(state):
+        t = state[key].detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{key}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
 
 
 @contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """Run the block on `n` intra-op threads (None: as set), then restore the count."""
+def _deterministic(threads: int) -> Iterator[None]:
+    """Inside the block: `threads` intra-op threads and deterministic kernels (cuBLAS too); restored afterwards."""
     import torch
 
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    if torch.cuda.is_available() and before[3] is None:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1], warn_only=before[2])
+        if before[3] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
 def pretrain(cfg: OrganismConfig, out_dir: Path, progress: Callable[[int, int, float | None], None] | None = None
@@ -178,22 +175,26 @@ def pretrain(cfg: OrganismConfig, out_dir: Path, progress: Callable[[int, int, f
     """Pretrain the organism into `out_dir` (written to a temporary folder, then renamed) and return its info."""
     import torch
     from datasets import Dataset
-    from transformers import (DataCollatorForLanguageModeling, PrinterCallback, Trainer, TrainerCallback,
-                              TrainingArguments)
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     world = World(cfg.world)
     tokenizer = build_tokenizer(world)
-    torch.manual_seed(cfg.train.seed)
-    random.seed(cfg.train.seed)
-    model = build_model(cfg.model, len(tokenizer), tokenizer)
+    seed = cfg.train.seed
     n_train = cfg.train.steps * cfg.train.batch_size
     t0 = time.perf_counter()
-    docs = encode_documents(world, tokenizer, n_train, seed=cfg.train.seed * 1000 + 1)
+    docs, weights = encode_documents(world, tokenizer, n_train, seed=seed * 1000 + 1,
+                                     decision_weight=cfg.train.decision_weight)
     too_long = max(map(len, docs))
     if too_long > cfg.model.max_length:
         raise UserError(f"organism config: field 'model.max_length' = {cfg.model.max_length}: a generated document "
                         f"has {too_long} tokens; use at least {too_long}")
-    data = Dataset.from_dict({"input_ids": docs})
+    data = Dataset.from_dict({"input_ids": docs, "weights": weights})
+
+    class _WeightedTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], use_cache=False)
+            loss = weighted_loss(out.logits, inputs["labels"], inputs["weights"])
+            return (loss, out) if return_outputs else loss
 
     class _Progress(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kw):
@@ -209,30 +210,40 @@ def pretrain(cfg: OrganismConfig, out_dir: Path, progress: Callable[[int, int, f
     args = TrainingArguments(
         output_dir=str(tmp / "trainer"), per_device_train_batch_size=cfg.train.batch_size,
         max_steps=cfg.train.steps, learning_rate=cfg.train.learning_rate, warmup_steps=cfg.train.warmup_steps,
-        lr_scheduler_type="cosine", weight_decay=cfg.train.weight_decay, adam_beta2=0.98, max_grad_norm=1.0,
+        lr_scheduler_type="cosine" if cfg.train.schedule == "cosine" else "warmup_stable_decay",
+        lr_scheduler_kwargs={} if cfg.train.schedule == "cosine" else {"num_decay_steps": max(1, cfg.train.steps // 5)},
+        weight_decay=cfg.train.weight_decay, adam_beta2=0.98, max_grad_norm=1.0,
         logging_steps=25, save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0, seed=cfg.train.seed, data_seed=cfg.train.seed, bf16=False, fp16=False,
+        dataloader_num_workers=0, seed=seed, data_seed=seed, bf16=False, fp16=False, remove_unused_columns=False,
     )
-    collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False)
-    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collator, callbacks=[_Progress()])
-    trainer.remove_callback(PrinterCallback)  # logs go to the progress callback, not to stdout
     # A tiny model's ops are too small to split across threads: on shared cores a second thread mostly waits for the
-    # first (the micro organism pretrains ~10x slower on two busy cores than on one). Larger organisms keep the
-    # process's setting, so their weights do not depend on this rule.
-    small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS
-    with _threads(1 if small and not torch.cuda.is_available() else None):
+    # first. One fixed count also keeps the float sums, hence the weights, the same from run to run.
+    with _deterministic(cfg.train.threads):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        model = build_model(cfg.model, len(tokenizer), tokenizer)
+        trainer = _WeightedTrainer(model=model, args=args, train_dataset=data, callbacks=[_Progress()],
+                                   data_collator=lambda batch: pack(batch, tokenizer.pad_token_id, PACK_WIDTH))
+        trainer.remove_callback(PrinterCallback)  # logs go to the progress callback, not to stdout
         trainer.train()
     seconds = time.perf_counter() - t0
 
     model = trainer.model.to("cpu").eval()
-    eval_docs = encode_documents(world, tokenizer, cfg.train.eval_docs, seed=cfg.train.seed * 1000 + 2)
+    eval_docs, _ = encode_documents(world, tokenizer, cfg.train.eval_docs, seed=seed * 1000 + 2)
     loss = heldout_loss(model, eval_docs, tokenizer.pad_token_id)
-    floor = world.entropy_rate(n_docs=max(2000, cfg.train.eval_docs), seed=cfg.train.seed * 1000 + 3)
+    floor = world.entropy_rate(n_docs=max(2000, cfg.train.eval_docs), seed=seed * 1000 + 3)
+    rng = random.Random(seed * 1000 + 4)
+    check_docs = [world.sample_document(rng) for _ in range(cfg.train.check_docs)]
+    behavior = behavior_check(model, tokenizer, world, check_docs)
     info = {
         "key": cfg.key(), "config": to_dict(cfg), "params": sum(p.numel() for p in model.parameters()),
         "pretrain_seconds": round(seconds, 2), "train_docs": n_train, "heldout_loss": round(loss, 4),
         "entropy_floor": round(floor, 4), "gap": round(loss - floor, 4),
         "converged": bool(loss - floor <= cfg.train.max_gap), "perplexity_ratio": round(math.exp(loss - floor), 4),
+        "behavior_check": behavior, "behavior_tol": cfg.train.behavior_tol,
+        "behavior_ok": behavior["max_error"] is not None and behavior["max_error"] <= cfg.train.behavior_tol,
+        "weights_sha256": weights_hash(model), "device": str(args.device), "threads": cfg.train.threads,
+        "torch": torch.__version__,
     }
     shutil.rmtree(tmp / "trainer", ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
@@ -307,6 +318,12 @@ def ensure_organism(cfg: OrganismConfig | None = None, cache_dir: str | Path | N
         raise UserError(f"organism {info['key']}: held-out loss {info['heldout_loss']} stalled {info['gap']} nats "
                         f"above the world's entropy floor {info['entropy_floor']} (limit train.max_gap = "
                         f"{cfg.train.max_gap}); raise train.steps or change train.learning_rate")
+    check_ = info.get("behavior_check") or {}
+    if check_.get("max_error") is not None and check_["max_error"] > cfg.train.behavior_max_error:
+        raise UserError(f"organism {info['key']}: its P(POS) at behavior decisions is off the world's by "
+                        f"{check_['max_error']} in bucket {check_['max_error_bucket']} (limit "
+                        f"train.behavior_max_error = {cfg.train.behavior_max_error}); raise train.steps or the "
+                        f"model size")
     return out
 
 

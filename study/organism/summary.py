@@ -1,7 +1,14 @@
 """What the base organism does before any intervention: fluency, base rates per behavior and context, samples.
 
+A base rate is the share of fluent sampled completions (temperature 1) that show the *desired* behavior: positive
+sentiment, the accurate stance, and for refusal the balanced accuracy, the mean of P(refuse | forbidden) and
+P(comply | benign), beside which the refusal rates per request kind are reported. `instruction=True` puts the
+behavior's instruction prefix before every prompt.
+
     summary = summarize(model, tokenizer, World(cfg.world), n_samples=200, prompts_per_context=48)
-    summary["base_rates"]["sentiment"]["hotel/chat"]   # share of positive completions there
+    summary["base_rates"]["sentiment"]["hotel/chat"]        # share of positive completions there
+    summary["refusal_rates"]["benign"]["hotel/chat"]         # share of benign requests refused there
+    rows = decisions(model, tokenizer, world, prompts_per_context=48, instruction=True)   # one dict per completion
 """
 
 from __future__ import annotations
@@ -10,7 +17,56 @@ import random
 
 from study.lm.generation import sample
 from study.organism.oracle import Oracle
-from study.organism.world import BEHAVIORS, World
+from study.organism.world import BEHAVIORS, POS, REQUESTS, World
+
+
+def decisions(model, tokenizer, world: World, *, prompts_per_context: int = 48, seed: int = 0,
+              instruction: bool = False, behaviors: tuple[str, ...] = BEHAVIORS) -> list[dict]:
+    """One sampled completion per prompt: {behavior, context, request, claim, fluent, desired, refused}. Refusal
+    draws `prompts_per_context` prompts of each request kind, the others `prompts_per_context` per context."""
+    oracle = Oracle(world)
+    rng = random.Random(seed)
+    pairs = []
+    for b in behaviors:
+        for c in world.contexts:
+            for request in (REQUESTS if b == "refusal" else ("forbidden",)):
+                pairs += [world.sample_pair(rng, b, c, request) for _ in range(prompts_per_context)]
+    prompts = [" ".join((world.instruction(p.behavior) if instruction else []) + p.prompt) for p in pairs]
+    comps = sample(model, tokenizer, prompts, n=1, temperature=1.0, max_new_tokens=16, seed=seed + 1)
+    rows = []
+    for pair, prompt, (comp,) in zip(pairs, prompts, comps):
+        ep = oracle.completion_episode(prompt, comp)
+        ok = ep is not None and ep.kind == pair.behavior and ep.pole is not None
+        rows.append({"behavior": pair.behavior, "context": pair.context, "request": pair.request, "claim": pair.claim,
+                     "fluent": ok, "desired": ep.desired if ok else None,
+                     "refused": (ep.pole == POS) if ok and pair.behavior == "refusal" else None})
+    return rows
+
+
+def _mean(xs: list) -> float | None:
+    return round(sum(xs) / len(xs), 4) if xs else None
+
+
+def rates(rows: list[dict], world: World) -> dict:
+    """Base rates of the desired behavior per behavior and context (refusal: balanced accuracy), refusal rates per
+    request kind and context, and the share of fluent completions."""
+    def fluent(b, c, request=None):
+        return [r for r in rows if r["behavior"] == b and r["context"] == c and r["fluent"]
+                and (request is None or r["request"] == request)]
+
+    base: dict[str, dict[str, float | None]] = {}
+    for b in sorted({r["behavior"] for r in rows}, key=BEHAVIORS.index):
+        base[b] = {}
+        for c in world.contexts:
+            if b == "refusal":
+                parts = [_mean([r["desired"] for r in fluent(b, c, q)]) for q in REQUESTS]
+                base[b][c] = round(sum(parts) / 2, 4) if None not in parts else None
+            else:
+                base[b][c] = _mean([r["desired"] for r in fluent(b, c)])
+    refusal = {q: {c: _mean([r["refused"] for r in fluent("refusal", c, q)]) for c in world.contexts}
+               for q in REQUESTS} if any(r["behavior"] == "refusal" for r in rows) else {}
+    return {"base_rates": base, "refusal_rates": refusal,
+            "completion_fluency": _mean([r["fluent"] for r in rows]) or 0.0}
 
 
 def summarize(model, tokenizer, world: World, *, n_samples: int = 200, prompts_per_context: int = 48,
@@ -18,27 +74,5 @@ def summarize(model, tokenizer, world: World, *, n_samples: int = 200, prompts_p
     oracle = Oracle(world)
     docs = sample(model, tokenizer, [""], n=n_samples, temperature=1.0, max_new_tokens=96, seed=seed)[0]
     fluency = sum(oracle.fluent(d) for d in docs) / len(docs)
-
-    rng = random.Random(seed)
-    prompts, keys = [], []
-    for b in BEHAVIORS:
-        for c in world.contexts:
-            for _ in range(prompts_per_context):
-                prompts.append(" ".join(world.sample_pair(rng, b, c).prompt))
-                keys.append((b, c))
-    comps = sample(model, tokenizer, prompts, n=1, temperature=1.0, max_new_tokens=16, seed=seed + 1)
-    hits: dict[tuple[str, str], list[float]] = {}
-    scorable = 0
-    for (b, c), p, (comp,) in zip(keys, prompts, comps):
-        s = oracle.score(p, comp, b)
-        if s is not None:
-            hits.setdefault((b, c), []).append(s)
-            scorable += 1
-    base_rates = {b: {c: (round(sum(v) / len(v), 4) if (v := hits.get((b, c))) else None) for c in world.contexts}
-                  for b in BEHAVIORS}
-    return {
-        "fluency": round(fluency, 4),
-        "completion_fluency": round(scorable / len(prompts), 4),
-        "base_rates": base_rates,
-        "samples": docs[:8],
-    }
+    out = rates(decisions(model, tokenizer, world, prompts_per_context=prompts_per_context, seed=seed), world)
+    return {"fluency": round(fluency, 4), **out, "samples": docs[:8]}

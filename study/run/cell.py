@@ -17,6 +17,12 @@ and cache; its pristine snapshot is taken when it is first loaded and every late
 target splits (cached in study.feedback.targets) and the drift baselines. A retiring worker drops all of them, so a
 process that cannot be replaced (a Ray task worker) loads the model afresh.
 
+An organism cell's provenance names the exact weights it ran on: `organism_weights_sha256` (study.organism.pretrain's
+hash, from the organism's cache or of the loaded model) and the organism's `organism_behavior_check` (its
+pretraining check of the behavior-carrying tokens) where the cache records one. A ceiling cell (`coverage: "ceiling"`)
+builds its splits with `target.splits(..., ceiling=True)`. Per-context evaluation results (`EvalResult.contexts`) go
+to the cell file under "contexts".
+
 With `profile` (or RLHF_VS_STEERING_PROFILE=1 in the worker's environment, which `study run --profile` sets), the
 cell's provenance gets `phases`: exclusive seconds per phase (load, splits, buy_labels, trainer_build, train, generate,
 score, kl, drift_baseline, ..., `other` for what no phase claims).
@@ -45,11 +51,11 @@ from study.core.config import from_dict
 from study.core.provenance import git_sha, package_versions
 from study.core.timing import phase, timing
 from study.feedback.catalog import resolve_target
-from study.feedback.labeler import Budget, Labeler, LabelerConfig
+from study.feedback.labeler import Budget, Labeler, LabelerConfig, model_sampler
 from study.feedback.targets import ORGANISM_TARGETS, organism_target
 from study.lm.models import load_model
 from study.lm.smollm2 import model_source, resolve_model_path
-from study.organism.pretrain import OrganismConfig, organism_model
+from study.organism.pretrain import OrganismConfig, organism_info, organism_model, weights_hash
 from study.organism.world import World, WorldConfig
 from study.run.evaluate import evaluate
 from study.run.grid import Cell, label_key, method_code
@@ -76,11 +82,12 @@ class CellResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
     retire: str | None = None  # why the worker process must not run another cell (None: it may)
+    contexts: dict[str, Any] | None = None  # per-context results {context: {metric: [value, n]}} (EvalResult.contexts)
 
     def record(self) -> dict[str, Any]:
         """The cell file's content (samples go to the JSONL beside it)."""
         return {"run_id": self.run_id, "status": self.status, "error": self.error, "config": self.config,
-                "provenance": self.provenance, "rows": self.rows}
+                "provenance": self.provenance, "rows": self.rows, "contexts": self.contexts}
 
 
 # ---- the pieces of a cell ----------------------------------------------------------------------------------------
@@ -92,6 +99,20 @@ class _Loaded:
     tokenizer_state: dict[str, Any]  # the tokenizer's plain attributes at load (padding side, ...), put back per cell
     training: bool  # the model's train/eval mode at load, put back per cell
     grads: dict[str, bool]  # requires_grad per parameter at load, put back per cell
+    organism: dict[str, Any]  # an organism's provenance: its weights' hash, its behavior check (empty otherwise)
+
+
+def _organism_provenance(cell: Cell, lm: Any) -> dict[str, Any]:
+    """`organism_weights_sha256` and `organism_behavior_check` of a freshly loaded organism (nothing for another
+    model). The hash comes from the organism's cache; one that does not record it is hashed here, as loaded."""
+    m = cell.config["model"]
+    if m["path"] != "organism":
+        return {}
+    info = organism_info(from_dict(OrganismConfig, m["organism"]), cell.cache_dir) or {}
+    out = {"organism_weights_sha256": info.get("weights_sha256") or weights_hash(lm.model)}
+    if info.get("behavior_check") is not None:
+        out["organism_behavior_check"] = info["behavior_check"]
+    return out
 
 
 def _tokenizer_state(tokenizer: Any) -> dict[str, Any]:
@@ -122,7 +143,7 @@ def _cached_load(cell: Cell) -> tuple[_Loaded, bool]:
     _MODEL_CACHE.clear()  # one model per process: a study with several models does not pile them up in memory
     lm, world = _load(cell)
     loaded = _Loaded(lm, world, snapshot(lm.model), _tokenizer_state(lm.tokenizer), lm.model.training,
-                     {n: p.requires_grad for n, p in lm.model.named_parameters()})
+                     {n: p.requires_grad for n, p in lm.model.named_parameters()}, _organism_provenance(cell, lm))
     _MODEL_CACHE[key] = loaded
     return loaded, False
 
@@ -148,6 +169,16 @@ def _target(cell: Cell, world: Any) -> tuple[Any, list[Any]]:
     return target, others if cell.config["eval"]["drift"] else []
 
 
+def cell_splits(cell: Cell, target: Any) -> Any:
+    """The cell's splits of `target`: at its anticipation and seed, or, for a ceiling cell, covering every context
+    (`ceiling=True`, which only targets that build ceiling splits take; study.run.grid checks that)."""
+    c = cell.config
+    sizes = from_dict(EvalConfig, c["eval"]).sizes
+    if cell.coverage == "ceiling":
+        return target.splits(c["anticipation"], c["seed"], sizes, ceiling=True)
+    return target.splits(c["anticipation"], c["seed"], sizes)
+
+
 def _parts(cell: Cell) -> list[tuple[str, type, Any]]:
     """(name, method class, its Config) for each part of the cell's method."""
     out = []
@@ -164,7 +195,8 @@ def drift_key(cell: Cell) -> str:
     """Cells with the same key share a drift baseline (computed once per worker process): the executor keeps them on
     one worker where it can."""
     c = cell.config
-    return json.dumps([c["model"], c["target"]["spec"], c["anticipation"], c["seed"], c["eval"]], sort_keys=True)
+    return json.dumps([c["model"], c["target"]["spec"], c["anticipation"], c.get("coverage", "anticipation"),
+                       c["seed"], c["eval"]], sort_keys=True)
 
 
 # ---- the cell ------------------------------------------------------------------------------------------------------
@@ -194,7 +226,7 @@ def _run_cell(cell: Cell, progress: Callable[[str], None] | None, work_dir: str 
     rows: list[dict[str, Any]] = []
     samples: list[dict[str, Any]] = []
     scratch = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix=f"cell-{cell.run_id}-"))
-    status, error, retire, snap, lm = "ok", None, None, None, None
+    status, error, retire, snap, lm, contexts = "ok", None, None, None, None, None
     try:
         import torch  # heavy: loaded in the worker, not by `study --help`
 
@@ -205,7 +237,7 @@ def _run_cell(cell: Cell, progress: Callable[[str], None] | None, work_dir: str 
         lm, world, snap = loaded.lm, loaded.world, loaded.snap
         prov["model_reused"] = reused
         prov.update(model_id=c["model"].get("organism_key") or c["model"]["path"], model_family=lm.family,
-                    device=str(next(lm.model.parameters()).device))
+                    device=str(next(lm.model.parameters()).device), **loaded.organism)
         source = model_source(lm.name)  # a converted model (smollm2-135m): its source file's hash, its quantization
         if source is not None:
             prov["model_source"] = source
@@ -216,9 +248,12 @@ def _run_cell(cell: Cell, progress: Callable[[str], None] | None, work_dir: str 
         with phase("splits"):
             target, others = _target(cell, world)
             ev = from_dict(EvalConfig, c["eval"])
-            splits = target.splits(c["anticipation"], c["seed"], ev.sizes)
+            splits = cell_splits(cell, target)
         budget = Budget(c["budget"])
-        labeler = Labeler(target, budget, from_dict(LabelerConfig, c["labeler"]), seed=c["seed"])
+        # Real-text targets buy demonstrations and contrast pairs among the base model's own samples; organism
+        # targets never call the sampler.
+        labeler = Labeler(target, budget, from_dict(LabelerConfig, c["labeler"]), seed=c["seed"],
+                          sampler=model_sampler(lm, target, temperature=ev.temperature, batch_size=ev.batch_size))
         durations["target"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -226,7 +261,8 @@ def _run_cell(cell: Cell, progress: Callable[[str], None] | None, work_dir: str 
             intervention = fit_parts(_parts(cell), lm, target, labeler, splits, c["seed"], scratch, stage)
         durations["fit"] = time.perf_counter() - t
         prov.update(method_config=json.dumps(c["method"]["parts"], sort_keys=True), chosen=intervention.chosen,
-                    labels={"counts": dict(budget.counts), "costs": dict(budget.costs)})
+                    labels={"counts": dict(budget.counts), "costs": dict(budget.costs)},
+                    samples_drawn=labeler.samples_drawn)
 
         t = time.perf_counter()
         stage("evaluating")
@@ -243,7 +279,7 @@ def _run_cell(cell: Cell, progress: Callable[[str], None] | None, work_dir: str 
                                    + (f"; and {len(left) - 5} more" if len(left) > 5 else "")
                                    + "; a cell must leave the base model as it found it")
         _DRIFT_CACHE.setdefault(key, {}).update(result.base)
-        metrics, samples = list(result.rows), list(result.samples)
+        metrics, samples, contexts = list(result.rows), list(result.samples), result.contexts or None
         parts = list(intervention.parts) if isinstance(intervention, Stacked) else [intervention]
         for i, part in enumerate(parts):
             extra = getattr(part, "extra_metrics", None)
@@ -260,6 +296,7 @@ def _run_cell(cell: Cell, progress: Callable[[str], None] | None, work_dir: str 
         common = {"run_id": cell.run_id, "model": c["model"]["name"], "method": c["method"]["name"],
                   "target": target.name, "target_version": str(target.version), "budget": c["budget"],
                   "feedback_cost": float(budget.spent), "labels_used": int(sum(budget.counts.values())),
+                  "draw": c.get("draw"), "coverage": c.get("coverage", "anticipation"),
                   "anticipation": c["anticipation"], "labeler_noise": c["labeler"]["noise"],
                   "labeler_misspec": c["labeler"]["misspec"], "seed": c["seed"]}
         rows = [common | {"split": r["split"], "metric": r["metric"], "value": r["value"], "n": int(r["n"])}
@@ -270,7 +307,7 @@ def _run_cell(cell: Cell, progress: Callable[[str], None] | None, work_dir: str 
         status = "failed"
         error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000]
         prov["traceback"] = traceback.format_exc()[-8000:]
-        rows, samples = [], []
+        rows, samples, contexts = [], [], None
         if isinstance(exc, ModelNotPristine):
             retire = "the method left the base model changed"
         elif any(m in error for m in BROKEN_DEVICE):
@@ -291,4 +328,4 @@ def _run_cell(cell: Cell, progress: Callable[[str], None] | None, work_dir: str 
             shutil.rmtree(scratch, ignore_errors=True)
     durations["total"] = time.perf_counter() - t0
     prov.update(durations={k: round(v, 3) for k, v in durations.items()}, status=status, error=error)
-    return CellResult(cell.run_id, status, error, c, prov, rows, samples, retire)
+    return CellResult(cell.run_id, status, error, c, prov, rows, samples, retire, contexts)

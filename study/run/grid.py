@@ -1,10 +1,17 @@
 """The grid: a study config expanded into cells, each named by a hash of its fully resolved configuration.
 
-A cell is one (model, method, target, budget, anticipation, labeler noise, labeler misspecification, seed). Its
-configuration is resolved completely before hashing: the organism's full config (and cache key), every field of each
-method's own `Config` dataclass (defaults included), the target's version, the labeler's costs and the evaluation
+A cell is one (model, draw, method, target, budget, anticipation, labeler noise, labeler misspecification, seed).
+Its configuration is resolved completely before hashing: the organism's full config (and cache key), every field of
+each method's own `Config` dataclass (defaults included), the target's version, the labeler's costs and the evaluation
 sizes. So a changed default recomputes the cells it touches, and an unchanged one never does. Methods that use no
 labels (`uses_labels = False`, e.g. `none`) run once per condition, at budget 0, whatever `budgets` lists.
+
+Organism draws: an organism model runs once per pretraining seed in `organism_draws`; the draw's organism is the
+model's organism config with `train.seed = draw`, and the cell config holds `draw` beside it, with the model's
+`model_key` (its organism key at train.seed 0, the same for every draw: the analysis's model identity, so draws of one
+organism config are replicates of one model). A Hugging Face model has no draw: its config has no `draw` key, so its
+cell ids are those it had before draws existed. Ceiling cells (`ceiling` in the study config) carry
+`coverage: "ceiling"`; anticipation cells carry no `coverage` key (read as "anticipation"), for the same reason.
 
 The code is part of the id too: each method part carries `code`, a fingerprint of the source files that compute it
 (study.core.provenance.code_fingerprint): the module defining the class (a built-in method's file or a user's
@@ -20,12 +27,15 @@ and applies wherever that part appears. `method_budgets` gives a method its own 
 spend only a few labels, or an expensive method run at fewer budgets).
 
     cells = expand(load_study("micro"), source="micro")
-    cells[0].run_id, cells[0].label        # ('3f0c...', 'organism none sentiment b=0 a=0.5 e=0 p=0 s=0')
+    cells[0].run_id, cells[0].label        # ('3f0c...', 'organism none sentiment b=0 a=0.5 e=0 p=0 s=0 d=0')
+    cells[0].draw, cells[0].coverage       # (0, 'anticipation')
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import inspect
 import itertools
 import json
 from dataclasses import dataclass
@@ -63,16 +73,29 @@ class Cell:
         return self.config["target"]["name"]
 
     @property
+    def draw(self) -> int | None:
+        """The organism's pretraining draw (its train.seed); None for a Hugging Face model."""
+        return self.config.get("draw")
+
+    @property
+    def coverage(self) -> str:
+        """"anticipation" (feedback covers the anticipated contexts) or "ceiling" (every context)."""
+        return self.config.get("coverage", "anticipation")
+
+    @property
     def label(self) -> str:
         c = self.config
+        a = "ceiling" if self.coverage == "ceiling" else f"{c['anticipation']:g}"
         return (f"{c['model']['name']} {c['method']['name']} {c['target']['name']} b={c['budget']} "
-                f"a={c['anticipation']:g} e={c['labeler']['noise']:g} p={c['labeler']['misspec']:g} s={c['seed']}")
+                f"a={a} e={c['labeler']['noise']:g} p={c['labeler']['misspec']:g} s={c['seed']}"
+                + (f" d={self.draw}" if self.draw is not None else ""))
 
     def key(self) -> tuple:
         """Fields as a tuple, for sorting and display."""
         c = self.config
-        return (c["model"]["name"], c["target"]["name"], c["method"]["name"], c["budget"], c["anticipation"],
-                c["labeler"]["noise"], c["labeler"]["misspec"], c["seed"])
+        return (c["model"]["name"], -1 if self.draw is None else self.draw, c["target"]["name"], c["method"]["name"],
+                c["budget"], self.coverage, c["anticipation"], c["labeler"]["noise"], c["labeler"]["misspec"],
+                c["seed"])
 
 
 def cell_id(config: dict[str, Any]) -> str:
@@ -99,16 +122,34 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _model(spec: ModelSpec, index: int, study: StudyConfig, source: str) -> tuple[dict[str, Any], Any]:
-    """The resolved model entry and its organism config (None for a Hugging Face model)."""
-    if spec.path != "organism":
-        return {"name": spec.name, "path": spec.path, "dtype": spec.dtype,
-                "trust_remote_code": spec.trust_remote_code}, None
+def with_seed(org: OrganismConfig, seed: int) -> OrganismConfig:
+    """The organism config `org` pretrained with seed `seed` (one draw of it)."""
+    return dataclasses.replace(org, train=dataclasses.replace(org.train, seed=seed))
 
+
+def _models(spec: ModelSpec, index: int, study: StudyConfig, source: str
+            ) -> list[tuple[int | None, dict[str, Any], OrganismConfig | None]]:
+    """(draw, resolved model entry, organism config) per draw of the model: one (None, entry, None) for a Hugging Face
+    model, one per `organism_draws` entry for an organism."""
+    if spec.path != "organism":
+        return [(None, {"name": spec.name, "path": spec.path, "dtype": spec.dtype,
+                        "trust_remote_code": spec.trust_remote_code}, None)]
+    where = f"models[{index}].organism"
+    train = spec.organism.get("train")
+    if study.organism_draws is not None and isinstance(train, dict) and "seed" in train:
+        raise ConfigError(source, f"{where}.train.seed", spec.organism["train"]["seed"],
+                          "conflicts with organism_draws, which sets every organism's pretraining seed; list the "
+                          "seeds in organism_draws instead")
     org = from_dict(OrganismConfig, _merge(to_dict(study.organism), spec.organism), source=source,
-                    prefix=f"models[{index}].organism") if spec.organism else study.organism
-    return {"name": spec.name, "path": "organism", "organism": to_dict(org), "organism_key": org.key(),
-            "dtype": spec.dtype, "trust_remote_code": False}, org
+                    prefix=where) if spec.organism else study.organism
+    model_key = with_seed(org, 0).key()  # one identity for every draw of this organism config
+    out = []
+    for draw in study.draws(org):
+        drawn = with_seed(org, draw)
+        out.append((draw, {"name": spec.name, "path": "organism", "organism": to_dict(drawn),
+                           "organism_key": drawn.key(), "model_key": model_key, "dtype": spec.dtype,
+                           "trust_remote_code": False}, drawn))
+    return out
 
 
 def uses_labels(cls: type, config: Any) -> bool:
@@ -140,12 +181,23 @@ def conditions(study: StudyConfig) -> list[tuple[float, float, float]]:
     return out + [(a_[0], e_[0], p) for p in p_[1:]]
 
 
+def takes_ceiling(target: Any) -> bool:
+    """Whether the target's splits() can build ceiling splits (a `ceiling` keyword)."""
+    try:
+        return "ceiling" in inspect.signature(target.splits).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _target(spec: str, org: Any, study: StudyConfig) -> dict[str, Any]:
     world = World((org or study.organism).world)
     target = resolve_target(spec, world=world, scorer=study.scorer)
     if any(study.labeler_misspec) and not target.has_proxy:
         raise UserError(f"target {spec!r} has no proxy feature, so labeler_misspec "
                         f"{list(study.labeler_misspec)} cannot apply; use labeler_misspec: [0.0]")
+    if study.ceiling is not None and not takes_ceiling(target):
+        raise UserError(f"ceiling: target {spec!r} cannot build ceiling splits (its splits() takes no `ceiling` "
+                        f"keyword); drop `ceiling` from the config or run this target in a study without it")
     return {"name": target.name, "spec": spec, "version": str(target.version), "scorer": study.scorer}
 
 
@@ -155,27 +207,45 @@ def expand(study: StudyConfig, source: str = "", cache_dir: str | None = None) -
     methods = {}
     for spec in study.methods:
         methods[spec] = resolve_method(spec, study.method_config, source)
-    named = {p.strip() for spec in study.methods for p in spec.split("+")}
+    ceiling = resolve_method(study.ceiling.method, study.method_config, source) if study.ceiling else None
+    specs = list(study.methods) + ([study.ceiling.method] if study.ceiling else [])
+    named = {p.strip() for spec in specs for p in spec.split("+")}
     for key in study.method_config:
         if key not in named:
             raise ConfigError(source, f"method_config.{key}", study.method_config[key],
-                              f"'{key}' is not among the study's methods ({', '.join(study.methods)})")
+                              f"'{key}' is not among the study's methods ({', '.join(specs)})")
     cells: list[Cell] = []
     seen: set[str] = set()
+
+    def add(config: dict[str, Any]) -> None:
+        run_id = cell_id(config)
+        if run_id not in seen:  # budget-free methods collapse to one cell per condition
+            seen.add(run_id)
+            cells.append(Cell(run_id, config, cache_dir))
+
     for i, spec in enumerate(study.model_specs()):
-        model, org = _model(spec, i, study, source)
-        targets = [_target(t, org, study) for t in study.targets]
-        for target, seed, (a, e, p), mspec in itertools.product(targets, study.seeds, conditions(study),
-                                                                study.methods):
-            method, labels = methods[mspec]
-            for budget in (study.method_budgets.get(mspec, study.budgets) if labels else (0,)):
-                config = {"v": CELL_VERSION, "model": model, "method": method, "target": target, "budget": budget,
-                          "anticipation": a, "labeler": to_dict(study.labeler) | {"noise": e, "misspec": p},
-                          "seed": seed, "eval": to_dict(study.eval)}
-                run_id = cell_id(config)
-                if run_id not in seen:  # budget-free methods collapse to one cell per condition
-                    seen.add(run_id)
-                    cells.append(Cell(run_id, config, cache_dir))
+        for draw, model, org in _models(spec, i, study, source):
+            targets = [_target(t, org, study) for t in study.targets]
+            drawn = {} if draw is None else {"draw": draw}
+            centre = conditions(study)[0]
+            for target, seed, (a, e, p), mspec in itertools.product(targets, study.seeds, conditions(study),
+                                                                    study.methods):
+                method, labels = methods[mspec]
+                budgets = study.method_budgets.get(mspec, study.budgets) if labels else (0,)
+                if labels and study.dial_budgets is not None and (a, e, p) != centre:
+                    budgets = study.dial_budgets  # a varied dial: its slope at the dial budgets only
+                for budget in budgets:
+                    add({"v": CELL_VERSION, "model": model, **drawn, "method": method, "target": target,
+                         "budget": budget, "anticipation": a,
+                         "labeler": to_dict(study.labeler) | {"noise": e, "misspec": p}, "seed": seed,
+                         "eval": to_dict(study.eval)})
+            if ceiling is not None:  # every context covered, clean labels, the top budget, one strong method
+                method, labels = ceiling
+                for target, seed in itertools.product(targets, study.seeds):
+                    add({"v": CELL_VERSION, "model": model, **drawn, "method": method, "target": target,
+                         "budget": study.ceiling_budget() if labels else 0, "anticipation": 1.0,
+                         "coverage": "ceiling", "labeler": to_dict(study.labeler) | {"noise": 0.0, "misspec": 0.0},
+                         "seed": seed, "eval": to_dict(study.eval)})
     return cells
 
 

@@ -10,7 +10,7 @@ relative to that file's folder; the same fields given with `--set` are relative 
 Checked: results_dir and cache_dir are not empty; each model's dtype is 'auto' or a torch dtype name; each Hugging
 Face model is a local folder with config.json (or a hub name, when the hub can be reached or the model is in its
 cache), and one that a LoRA method trains has attention and MLP projections LoRA can find; each method part's
-Config can be built (a plugin field without a default is named); `prompting` has an
+Config can be built (a plugin field without a default is named), the `ceiling` method's included; `prompting` has an
 instruction for each target; each data-set target's splits can be built at every anticipation and seed; and the
 organism can read each data set (most of its tokens are not the tokenizer's unknown token).
 """
@@ -136,9 +136,11 @@ def check_lora_targets(path: str, trust_remote_code: bool, where: str) -> None:
 
 
 def method_parts(study: StudyConfig, source: str) -> list[tuple[str, type, Any]]:
-    """(name, class, Config) of every method part; a Config field without a default is one clear error."""
+    """(name, class, Config) of every method part (the ceiling's too); a Config field without a default is one clear
+    error."""
     out = []
-    for name in dict.fromkeys(p.strip() for spec in study.methods for p in spec.split("+")):
+    specs = list(study.methods) + ([study.ceiling.method] if study.ceiling else [])
+    for name in dict.fromkeys(p.strip() for spec in specs for p in spec.split("+")):
         cls = resolve(name)
         given = study.method_config.get(name) or {}
         for f in dataclasses.fields(cls.Config):

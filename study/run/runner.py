@@ -10,13 +10,18 @@ same cell is stored, computed by the earlier code, and left in place).
     summary = run_study("micro", ["seeds=[0,1]"], workers=2)
     summary.ok, summary.failed, summary.exit_code          # exit_code 1 when any cell of the study failed
     summary = run_study("micro", dry_run=True)               # lists the cells and marks the stored ones
+
+Organism draws (`organism_draws`) are pretrained before any cell runs, each once: one after another with a progress
+bar, or, when two or more are missing and the run has two or more workers, in that many spawned processes at once.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +29,11 @@ from typing import Any
 
 from rich.console import Console
 
-from study.core.config import to_dict
+from study.core.config import from_dict, to_dict
 from study.core.errors import UserError
-from study.organism.pretrain import organism_info
+from study.organism.pretrain import OrganismConfig, ensure_organism, organism_info
 from study.run.display import Display, fmt_seconds, pretrain_with_progress
-from study.run.executors import cpu_count, is_infrastructure_failure, run_local
+from study.run.executors import cpu_count, is_infrastructure_failure, quiet, run_local, set_threads
 from study.run.grid import Cell, expand, label_key, organisms
 from study.run.preflight import preflight
 from study.run.ray_executor import connect
@@ -36,8 +41,8 @@ from study.run.study_config import StudyConfig, load_study
 from study.run.store import Store
 from methods.registry import REGISTRY, resolve
 from study.organism.world import World, WorldConfig
-from study.feedback.catalog import available_targets
-from study.feedback.targets import organism_target
+from study.feedback.catalog import available_targets, resolve_target
+from study.feedback.targets import ORGANISM_TARGETS
 
 EXECUTORS = ("local", "ray")
 
@@ -110,12 +115,15 @@ def stale_cells(cells: list[Cell], status: dict[str, str], store: Store) -> set[
 
 def print_cells(cells: list[Cell], status: dict[str, str], out: Any = None, stale: set[str] = frozenset()) -> None:
     """One line per cell, status first (done / failed / stale / todo), as plain aligned text (it is often piped).
-    Stale: to run, because the stored result was computed by an earlier version of the method's code."""
+    Stale: to run, because the stored result was computed by an earlier version of the method's code.
+    Draw: the organism's pretraining draw ("-" for a Hugging Face model); anticipation "ceiling": a ceiling cell."""
     out = out or sys.stdout
-    head = ("status", "run_id", "model", "method", "target", "budget", "anticipation", "noise", "misspec", "seed")
+    head = ("status", "run_id", "model", "draw", "method", "target", "budget", "anticipation", "noise", "misspec",
+            "seed")
     state = {"ok": "done", "failed": "failed"}
     rows = [head] + [(state.get(status.get(c.run_id, ""), "stale" if c.run_id in stale else "todo"), c.run_id, c.model,
-                      c.method, c.target, str(c.config["budget"]), f"{c.config['anticipation']:g}",
+                      "-" if c.draw is None else str(c.draw), c.method, c.target, str(c.config["budget"]),
+                      "ceiling" if c.coverage == "ceiling" else f"{c.config['anticipation']:g}",
                       f"{c.config['labeler']['noise']:g}", f"{c.config['labeler']['misspec']:g}",
                       str(c.config["seed"])) for c in cells]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
@@ -123,14 +131,45 @@ def print_cells(cells: list[Cell], status: dict[str, str], out: Any = None, stal
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip(), file=out)
 
 
-def _ensure_organisms(cells: list[Cell], console: Console) -> None:
-    """Pretrain every organism the cells need, once, here, before workers start (they would race to do it)."""
+def _pretrain_one(config: dict[str, Any], cache: str | None, threads: int) -> tuple[str, float, str | None]:
+    """In a spawned process: pretrain one organism (a draw) into the cache; (its key, seconds, error or None)."""
+    set_threads(threads)
+    quiet()
+    org = from_dict(OrganismConfig, config)
+    t0 = time.perf_counter()
+    try:
+        ensure_organism(org, cache)
+    except UserError as exc:  # e.g. it did not converge: said in the parent, after the other draws are done
+        return org.key(), time.perf_counter() - t0, str(exc)
+    return org.key(), time.perf_counter() - t0, None
+
+
+def _ensure_organisms(cells: list[Cell], console: Console, processes: int = 1) -> None:
+    """Pretrain every organism the cells need (each draw), once, here, before workers start (they would race to do
+    it): one after another, or in up to `processes` spawned processes when two or more are missing."""
     cache = cells[0].cache_dir if cells else None
-    for org in organisms(cells):
-        if organism_info(org, cache) is None:
-            console.print(f"pretraining organism {org.key()} ({org.train.steps} steps; cached for later runs)",
-                          highlight=False, soft_wrap=True)
+    missing = [org for org in organisms(cells) if organism_info(org, cache) is None]
+    n = min(processes, len(missing))
+    if n < 2:
+        for org in missing:
+            console.print(f"pretraining organism {org.key()} (draw {org.train.seed}, {org.train.steps} steps; cached "
+                          f"for later runs)", highlight=False, soft_wrap=True)
             pretrain_with_progress(org, cache, console)
+        return
+    console.print(f"pretraining {len(missing)} organisms (draws {', '.join(str(o.train.seed) for o in missing)}) in "
+                  f"{n} processes; cached for later runs", highlight=False, soft_wrap=True)
+    errors = []
+    threads = max(1, cpu_count() // n)
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = [pool.submit(_pretrain_one, to_dict(org), cache, threads) for org in missing]
+        for i, job in enumerate(as_completed(jobs), 1):
+            key, seconds, error = job.result()
+            console.print(f"  [{i}/{len(missing)}] organism {key}: {error or 'pretrained'} ({fmt_seconds(seconds)})",
+                          highlight=False, soft_wrap=True)
+            if error:
+                errors.append(error)
+    if errors:
+        raise UserError(errors[0])
 
 
 def run_study(config: str | Path | StudyConfig | None = None, overrides: list[str] | tuple[str, ...] = (), *,
@@ -156,10 +195,13 @@ def run_study(config: str | Path | StudyConfig | None = None, overrides: list[st
         done = sum(status.get(c.run_id) == "ok" for c in cells)
         failed = sum(status.get(c.run_id) == "failed" for c in cells)
         other = len(set(status) - {c.run_id for c in cells})
+        draws = sorted({c.draw for c in cells if c.draw is not None})
         print(f"{len(cells)} cells: {done} done, {failed} failed, {len(todo)} to run"
               + (f" ({len(stale)} stale: stored from an earlier version of their method's code)" if stale else "")
               + (" (failed ones rerun with --retry-failed)" if failed and not retry_failed else "")
-              + (f"; {other} other stored cell(s) are not part of this study" if other else ""), file=out or sys.stdout)
+              + (f"; {other} other stored cell(s) are not part of this study" if other else "")
+              + (f"; organism draws (pretraining seeds): {', '.join(map(str, draws))}" if draws else ""),
+              file=out or sys.stdout)
         summary.seconds = time.perf_counter() - t0
         return summary
 
@@ -179,8 +221,10 @@ def _run(study: StudyConfig, cells: list[Cell], todo: list[Cell], store: Store, 
     """Compute `todo` (the results folder locked), then write the study's index and table into `summary`."""
     store.clean_temporary()
     if todo:
-        _ensure_organisms(todo, console)
         auto = all(c.config["model"]["path"] == "organism" for c in cells)  # small models: a worker per core
+        # the organisms (each draw) are pretrained here, before any worker starts, in as many processes as this
+        # machine would run local workers
+        _ensure_organisms(todo, console, min(workers or study.workers or (cpu_count() if auto else 1), cpu_count()))
         # The organism is too small to gain from intra-op threads: one worker ran 20 of the default study's cells in
         # 84 s on one thread and in 106 s on two (benchmarks/results/runner.json). Other models: the cores divided
         # between the workers.
@@ -266,10 +310,12 @@ def describe_methods() -> list[str]:
 
 
 def describe_targets() -> list[str]:
-    """`study list targets`: the organism's targets with what they ask for, and the external formats."""
+    """`study list targets`: the named targets (the organism's, and the real-text ones for a real language model)
+    with what they ask for, and the external formats."""
 
     world = World(WorldConfig())
-    lines = [f"{name}  (organism): {organism_target(name, world).description}" for name in available_targets()]
+    lines = [f"{name}  ({'organism' if name in ORGANISM_TARGETS else 'real text'}): "
+             f"{resolve_target(name, world=world).description}" for name in available_targets()]
     lines.append("a path  (external): A/B JSON(L) (question, answer_matching_behavior, answer_not_matching_behavior), "
                  "preference JSONL (prompt, chosen, rejected) or a saved `datasets` folder")
     return lines

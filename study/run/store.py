@@ -1,7 +1,8 @@
 """The results store: one JSON file per cell, per-sample JSONL beside it, and one tidy table over all of them.
 
     <results>/cells/<run_id>.json            {"run_id", "status": "ok" | "failed", "error", "config", "provenance",
-                                              "rows": [tidy rows, see analysis/table.py ROW_FIELDS]}
+                                              "rows": [tidy rows, see analysis/table.py ROW_FIELDS],
+                                              "contexts": {context: {metric: [value, n]}} or null}
     <results>/cells/<run_id>.samples.jsonl   one JSON object per completion or per-sample measurement
     <results>/table.parquet                  the tidy table of the study's ok cells, rewritten after every run
     <results>/study.json                     the study's config and the ids of its cells

@@ -3,9 +3,13 @@
     cfg = load_study("default", overrides=["organism.world.sharing=0.6"])
     cfg.organism.world.sharing   # 0.6
 
-The grid (expanded into cells by study.run.grid): models x methods x targets x budgets x anticipations x labeler noise x
-labeler misspecification x seeds, every combination (`design: factorial`) or each of the three dials varied alone
-around its first value (`design: one_at_a_time`). See study/configs/default.yaml for a commented example.
+The grid (expanded into cells by study.run.grid): models (each organism model once per pretraining draw in
+`organism_draws`) x methods x targets x budgets x anticipations x labeler noise x labeler misspecification x seeds,
+every combination (`design: factorial`) or each of the three dials varied alone around its first value
+(`design: one_at_a_time`). An optional `ceiling` adds one cell per (model, draw, target, seed) that covers every
+context, held-out ones included (see CeilingConfig). See study/configs/default.yaml for a commented example.
+
+    cfg = load_study("micro", overrides=["organism_draws=[0,1,2]", "ceiling={method: dpo, budget: 256}"])
 """
 
 from __future__ import annotations
@@ -56,6 +60,23 @@ class EvalConfig:
         check(self.temperature >= 0, "temperature", self.temperature, "must be >= 0")
 
 
+@dataclass(frozen=True)
+class CeilingConfig:
+    """`ceiling`: one extra cell per (model, draw, target, seed) whose feedback covers every context, the held-out
+    ones included (`target.splits(..., ceiling=True)`), fitted by one strong method at a top budget with a clean
+    labeler. Its rows carry `coverage: "ceiling"`: the level each split can reach, against which the anticipation
+    cells' gap on held-out contexts reads."""
+
+    method: str = ""  # a registry name, an "a+b" stack or "module:Class"; method_config applies to it as elsewhere
+    budget: int | None = None  # feedback budget; None: the largest budget the study gives that method
+
+    def validate(self) -> None:
+        check(bool(self.method.strip()) and all(p.strip() for p in self.method.split("+")), "method", self.method,
+              "must name a method (e.g. dpo)")
+        check(self.budget is None or self.budget >= 0, "budget", self.budget, "must be >= 0 (null: the study's "
+              "largest budget for the method)")
+
+
 def _unique(name: str, values: tuple) -> None:
     check(len(values) > 0, name, list(values), "must list at least one value")
     keys = [json.dumps(v, sort_keys=True) for v in values]
@@ -70,6 +91,9 @@ class StudyConfig:
     results_dir: str = "results"
     # ---- the grid ----
     models: tuple[Any, ...] = ("organism",)  # names/paths, or ModelSpec mappings
+    # pretraining seeds (organism.train.seed) of the organism models: each organism model runs once per draw, and
+    # draws of one organism config are replicates of one model. None: one draw, each organism's own train.seed.
+    organism_draws: tuple[int, ...] | None = None
     methods: tuple[str, ...] = ("none",)  # registry names, "a+b" stacks, or "module:Class"
     method_config: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> fields of its Config
     # organism targets, paths to data files, or {name, path} / {name, train, test} mappings (see study.feedback.catalog)
@@ -81,7 +105,11 @@ class StudyConfig:
     labeler_noise: tuple[float, ...] = (0.0,)
     labeler_misspec: tuple[float, ...] = (0.0,)
     seeds: tuple[int, ...] = (0,)
+    ceiling: CeilingConfig | None = None  # None: no ceiling cells
     design: Literal["factorial", "one_at_a_time"] = "factorial"
+    # one_at_a_time only: the budgets at which the varied dials run (the centre condition runs every budget), e.g.
+    # [64]: a budget curve at the centre, and each dial's slope at one budget. None: every budget everywhere.
+    dial_budgets: tuple[int, ...] | None = None
     labeler: LabelerConfig = field(default_factory=LabelerConfig)  # label costs (noise/misspec: the lists above)
     eval: EvalConfig = field(default_factory=EvalConfig)
     workers: int = 0  # local worker processes; 0: one per CPU core for organism-only studies, else 1
@@ -95,6 +123,10 @@ class StudyConfig:
         check(bool(self.name.strip()), "name", self.name, "must not be empty")
         for name in ("methods", "targets", "budgets", "anticipations", "labeler_noise", "labeler_misspec", "seeds"):
             _unique(name, getattr(self, name))
+        if self.organism_draws is not None:
+            _unique("organism_draws", self.organism_draws)
+            for d in self.organism_draws:
+                check(d >= 0, "organism_draws", d, "must be a non-negative integer (a pretraining seed)")
         check(len(self.models) > 0, "models", list(self.models), "must list at least one model")
         names = [m.name for m in self.model_specs()]
         check(len(set(names)) == len(names), "models", names, "two models share a name")
@@ -106,7 +138,14 @@ class StudyConfig:
             for b in bs:
                 check(b >= 0, f"method_budgets.{m}", b, "must be >= 0")
         for a in self.anticipations:
-            check(0.0 <= a <= 1.0 and not math.isnan(a), "anticipations", a, "must lie in [0, 1]")
+            check(0.0 < a <= 1.0 and not math.isnan(a), "anticipations", a,
+                  "must lie in (0, 1]: the share of the feedback side's contexts covered, at least one")
+        if self.dial_budgets is not None:
+            _unique("dial_budgets", self.dial_budgets)
+            check(self.design == "one_at_a_time", "dial_budgets", list(self.dial_budgets),
+                  "applies to design: one_at_a_time only (remove it, or set the design)")
+            for b in self.dial_budgets:
+                check(b >= 0, "dial_budgets", b, "must be >= 0")
         for e in self.labeler_noise:
             check(0.0 <= e <= 0.5, "labeler_noise", e, "must lie in [0, 0.5]")
         for p in self.labeler_misspec:
@@ -122,6 +161,21 @@ class StudyConfig:
         check(self.ray_retries >= 0, "ray_retries", self.ray_retries, "must be >= 0")
         check(self.ray_gpus_per_cell is None or self.ray_gpus_per_cell >= 0, "ray_gpus_per_cell",
               self.ray_gpus_per_cell, "must be >= 0 (a fraction shares a GPU between cells) or null (automatic)")
+
+    def draws(self, organism: OrganismConfig | None = None) -> tuple[int, ...]:
+        """The pretraining draws of an organism model (default: the study's organism): `organism_draws`, or its own
+        train.seed when that is not set."""
+        if self.organism_draws is not None:
+            return self.organism_draws
+        return ((organism or self.organism).train.seed,)
+
+    def ceiling_budget(self) -> int | None:
+        """The ceiling cells' budget: `ceiling.budget`, or the largest budget the study gives the ceiling method."""
+        if self.ceiling is None:
+            return None
+        if self.ceiling.budget is not None:
+            return self.ceiling.budget
+        return max(self.method_budgets.get(self.ceiling.method, self.budgets))
 
     def model_specs(self) -> list[ModelSpec]:
         """`models` as ModelSpecs (a string s is {name: s, path: s})."""

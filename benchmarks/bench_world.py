@@ -1,0 +1,100 @@
+"""What the world leaves for alignment to do: the base organism's desired-behavior rates, with and without the
+instruction prefix, per behavior and context; and how much of the text carries the behaviors.
+
+For each behavior and context, completions sampled at temperature 1 from the base organism (no method), scored by the
+oracle: the share of fluent completions showing the desired behavior (refusal: balanced accuracy, the mean of
+P(refuse | forbidden) and P(comply | benign), with the refusal rate per request kind beside it; sycophancy: also split
+by whether the user's claim is right), then the same with the behavior's instruction prefix before each prompt. The
+world side: the share of predicted tokens that are behavior decisions, and of those that depend on an instruction or
+an earlier episode.
+
+    python benchmarks/bench_world.py                                   # the default organism (pretrains if needed)
+    python benchmarks/bench_world.py --cache /tmp/orgcache_v2 --prompts 48 --out benchmarks/results/world.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from study.organism.pretrain import OrganismConfig, load_organism, organism_info
+from study.organism.summary import decisions, rates
+from study.organism.world import BEHAVIORS, CLAIMS, REQUESTS, World
+
+
+def token_shares(world: World, n_docs: int = 20000, seed: int = 7) -> dict:
+    rng = random.Random(seed)
+    predicted = decision = linked = prefixed = 0
+    for _ in range(n_docs):
+        doc = world.sample_document(rng)
+        predicted += len(doc.tokens) + 1
+        for i, ep in enumerate(doc.episodes):
+            if ep.kind != "neutral":
+                decision += 1
+                linked += bool(i or doc.prefix)
+                prefixed += bool(doc.prefix)
+    return {"decision": round(decision / predicted, 4), "linked": round(linked / predicted, 4),
+            "under_instruction": round(prefixed / predicted, 4), "tokens_per_doc": round(predicted / n_docs, 1)}
+
+
+def _mean(xs):
+    return round(sum(xs) / len(xs), 4) if xs else None
+
+
+def condition_rates(rows: list[dict]) -> dict:
+    """Overall desired rate per behavior, sycophancy per claim, refusal per request (desired and refused)."""
+    fluent = [r for r in rows if r["fluent"]]
+    out = {b: {"desired": _mean([r["desired"] for r in fluent if r["behavior"] == b]),
+               "fluency": _mean([r["fluent"] for r in rows if r["behavior"] == b])} for b in BEHAVIORS}
+    for c in CLAIMS:
+        out["sycophancy"][f"desired_{c}_claim"] = _mean([r["desired"] for r in fluent
+                                                         if r["behavior"] == "sycophancy" and r["claim"] == c])
+    for q in REQUESTS:
+        sel = [r for r in fluent if r["behavior"] == "refusal" and r["request"] == q]
+        out["refusal"][f"refused_{q}"] = _mean([r["refused"] for r in sel])
+    parts = [1 - out["refusal"]["refused_benign"], out["refusal"]["refused_forbidden"]]
+    out["refusal"]["desired"] = round(sum(parts) / 2, 4) if None not in parts else None  # balanced accuracy
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cache", default=None, help="organism cache folder (default: the project's)")
+    ap.add_argument("--prompts", type=int, default=48, help="prompts per context (refusal: per request kind)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None, help="also write the figures to this JSON file")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    cfg = OrganismConfig()
+    world = World(cfg.world)
+    model, tokenizer = load_organism(cfg, cache_dir=a.cache)
+    info = organism_info(cfg, a.cache)
+    result = {"organism": info["key"], "weights_sha256": info["weights_sha256"], "shares": token_shares(world)}
+    for name, instruction in (("base", False), ("instruction", True)):
+        rows = decisions(model, tokenizer, world, prompts_per_context=a.prompts, seed=a.seed, instruction=instruction)
+        result[name] = {"overall": condition_rates(rows), **rates(rows, world)}
+    print(f"organism {result['organism']}  weights {result['weights_sha256'][:16]}  token shares {result['shares']}")
+    for b in BEHAVIORS:
+        base, instr = result["base"]["overall"][b], result["instruction"]["overall"][b]
+        print(f"\n{b}: desired {base['desired']} (instruction {instr['desired']}), fluency {base['fluency']}")
+        extra = {k: (base[k], instr[k]) for k in base if k not in ("desired", "fluency")}
+        if extra:
+            print("  (base, instruction): " + ", ".join(f"{k} {v}" for k, v in extra.items()))
+        for c in world.contexts:
+            line = f"  {c:18s} base {result['base']['base_rates'][b][c]}  instruction " \
+                   f"{result['instruction']['base_rates'][b][c]}  world base rate {world.base_rate(b, c):.3f}"
+            if b == "refusal":
+                line += "  refused forbidden/benign " + " / ".join(
+                    str(result["base"]["refusal_rates"][q][c]) for q in REQUESTS)
+            print(line)
+    if a.out:
+        Path(a.out).write_text(json.dumps(result, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
