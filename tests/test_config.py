@@ -30,7 +30,8 @@ def test_every_shipped_config_expands_into_its_grid():
 
     sizes = {name: len(expand(load_study(name), source=name)) for name in list_configs()}
     assert {"default", "dial", "full", "micro"} <= set(sizes)
-    assert sizes["default"] == 360  # the README's figure (and the 15-minute sizing) rests on it
+    # 3 draws x 2 seeds x 3 targets x (none 6 + prompting 7 + 5 labeled methods x (4 budgets + 5 dial cells) + ceiling 1)
+    assert sizes["default"] == 1062  # the README's figure rests on it
     assert sizes["dial"] == 180 and all(n > 0 for n in sizes.values())
 
 
@@ -98,8 +99,9 @@ def test_organism_draws_and_ceiling_from_a_file(tmp_path):
     cfg = load_study(str(p))
     assert cfg.organism_draws == (0, 1, 2) and cfg.draws() == (0, 1, 2)
     assert (cfg.ceiling.method, cfg.ceiling_budget()) == ("dpo", 256)
-    assert load_study("default").organism_draws is None and load_study("default").ceiling is None
-    assert load_study("default").draws() == (load_study("default").organism.train.seed,)
+    assert load_study("micro").organism_draws is None and load_study("micro").ceiling is None
+    assert load_study("micro").draws() == (load_study("micro").organism.train.seed,)
+    assert load_study("default").draws() == (0, 1, 2) and load_study("default").ceiling.method == "lora_sft"
     p.write_text("organism_draws: [2, 2]\n")
     with pytest.raises(UserError) as exc:
         load_study(str(p))

@@ -138,7 +138,7 @@ def test_evaluate_reports_every_metric_on_the_micro_organism(micro_organism):
     iv = Steer(lm.blocks, 0, 3 * torch.randn(model.config.hidden_size))
     res = evaluate(lm, refusal, iv, splits=splits, others=targets[:1], n_completions=2, seed=0)
     t = res.table()
-    assert t["neutral"]["kl"] > 0.01 and "drift:sentiment" in t["all"]
+    assert t["neutral"]["kl"] > 1e-3 and "drift:sentiment" in t["all"]  # a no-op gives exactly 0
     again = drift_baseline(lm, targets[:1], splits, n_completions=1, seed=0)
     assert str(res.base) == str(again) and set(again) == {"sentiment"}  # str(): NaN where nothing was scorable
     drifted = [s["score"] for s in res.samples if s["split"] == "drift:sentiment" and s["score"] is not None]

@@ -53,6 +53,13 @@ def test_pretraining_is_deterministic_hashed_and_cached(tmp_path):
     assert check["episodes"] > 100 and check["max_error"] == max(
         v["error"] for v in check["buckets"].values() if v["n"] >= check["min_n"])
     assert info["behavior_tol"] == TINY.train.behavior_tol and info["behavior_ok"] is False  # 20 steps learn little
+    # the verdict limits judge a cached organism; they are not part of what makes it
+    strict = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, max_gap=1e-3, behavior_tol=0.9,
+                                                                 behavior_max_error=0.95))
+    assert organism_dir(strict, tmp_path / "a") == path
+    assert organism_info(strict, tmp_path / "a")["behavior_ok"] is True
+    with pytest.raises(UserError, match="max_gap = 0.001"):
+        ensure_organism(strict, tmp_path / "a")
     mtime = (path / "model.safetensors").stat().st_mtime
     load_organism(TINY, cache_dir=tmp_path / "a")  # from the cache: nothing rewritten
     assert (path / "model.safetensors").stat().st_mtime == mtime
@@ -117,7 +124,7 @@ def test_ensuring_an_organism_removes_folders_abandoned_by_killed_runs(tmp_path)
     try:
         out = organism_dir(TINY, tmp_path)
         out.mkdir(parents=True)  # a cached organism: ensuring it must not pretrain
-        (out / "organism.json").write_text(json.dumps({"converged": True}))
+        (out / "organism.json").write_text(json.dumps({"gap": 0.0}))
         other = organism_dir(dataclasses.replace(TINY, world=dataclasses.replace(TINY.world, sharing=0.9)), tmp_path)
         abandoned = [out.with_name(out.name + f".tmp{dead.pid}"), other.with_name(other.name + f".tmp{dead.pid}")]
         running = other.with_name(other.name + f".tmp{live.pid}")

@@ -15,7 +15,8 @@ but left out of `max_error`. `mae` is the mean per-episode |model - world|.
 
     docs = [world.sample_document(rng) for _ in range(2000)]
     check = behavior_check(model, tokenizer, world, docs)
-    check["max_error"], check["buckets"]["sycophancy/after+/wrong"]   # 0.03, {'n': 80, 'model': 0.71, ...}
+    check["max_error"], check["max_error_bucket"]   # 0.18, 'sycophancy/after-/wrong' for the default organism
+    check["buckets"]["refusal/first/benign"]         # {'n': 400, 'model': 0.32, 'world': 0.30, 'empirical': ...}
 """
 
 from __future__ import annotations
