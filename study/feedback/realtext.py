@@ -44,7 +44,7 @@ from study.core.errors import UserError
 from study.feedback.external import NEUTRAL_TEXT
 from study.feedback.realtext_judges import (add_apology, add_exclamation, apologizes, exclaims, is_positive,
                                             is_refusal, readable, sentiment_compound)
-from study.feedback.splits import (DEAL, SPLITS, Record, Splits, SplitSizes, anticipated, coverage_plan,
+from study.feedback.splits import (DEAL, SPLITS, Record, Splits, SplitSizes, context_sides, coverage_plan,
                                    seeded_rng)
 
 REAL_TARGETS = ("real_sentiment", "real_refusal")
@@ -366,11 +366,7 @@ def _counts(target: RealTextTarget, n: int) -> list[tuple[str | None, int]]:
 def _real_splits(target: RealTextTarget, anticipation: float, seed: int, sizes: SplitSizes, ceiling: bool) -> Splits:
     sizes.validate()
     held_out, order = target.coverage(seed)
-    covered = anticipated(order, anticipation)  # checks the anticipation at the ceiling too
-    if ceiling:
-        covered = order + held_out
-    uncovered = tuple(c for c in order + held_out if c not in covered)
-    tested = tuple(c for c in covered if c not in held_out)
+    covered, uncovered, tested = context_sides(held_out, order, anticipation, ceiling)
     plan = {"pool": (sizes.pool, covered), "select": (sizes.select, covered), "test_covered": (sizes.test, tested),
             "test_uncovered": (sizes.test, held_out)}
     splits = Splits(target.name, anticipation, seed, sizes, covered, uncovered, held_out=held_out,

@@ -162,6 +162,18 @@ def anticipated(order: list[str] | tuple[str, ...], anticipation: float) -> tupl
     return tuple(order[: max(1, math.floor(anticipation * len(order) + 0.5))])
 
 
+def context_sides(held_out: tuple[str, ...], order: tuple[str, ...], anticipation: float, ceiling: bool
+                  ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(covered, uncovered, tested): the contexts feedback covers at this anticipation (every context at the
+    ceiling), the others, and the covered contexts that `test_covered` samples (never the held-out ones, which are
+    `test_uncovered` at every level)."""
+    covered = anticipated(order, anticipation)  # checks the anticipation at the ceiling too
+    if ceiling:
+        covered = order + held_out
+    uncovered = tuple(c for c in order + held_out if c not in covered)
+    return covered, uncovered, tuple(c for c in covered if c not in held_out)
+
+
 def coverage_plan(contexts: list[str] | tuple[str, ...], held_out_domains: int, *key: object
                   ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(held_out, coverage_order) for contexts named "domain/format": `held_out_domains` whole domains drawn by a

@@ -40,7 +40,7 @@ from functools import lru_cache
 from typing import Any
 
 from study.core.errors import UserError
-from study.feedback.splits import DEAL, SPLITS, Record, Splits, SplitSizes, anticipated, coverage_plan, seeded_rng
+from study.feedback.splits import DEAL, SPLITS, Record, Splits, SplitSizes, context_sides, coverage_plan, seeded_rng
 from study.organism.oracle import Oracle
 from study.organism.pretrain import FORMAT_VERSION
 from study.organism.world import BEHAVIORS, World
@@ -191,11 +191,7 @@ def _organism_splits(target: OrganismTarget, anticipation: float, seed: int, siz
                      ceiling: bool) -> Splits:
     sizes.validate()
     held_out, order = target.coverage(seed)
-    covered = anticipated(order, anticipation)  # checks the anticipation at the ceiling too
-    if ceiling:
-        covered = order + held_out
-    uncovered = tuple(c for c in order + held_out if c not in covered)
-    tested = tuple(c for c in covered if c not in held_out)
+    covered, uncovered, tested = context_sides(held_out, order, anticipation, ceiling)
     plan = {"pool": (sizes.pool, covered, "feedback"), "select": (sizes.select, covered, "feedback"),
             "test_covered": (sizes.test, tested, "test"), "test_uncovered": (sizes.test, held_out, "test")}
     splits = Splits(target.name, anticipation, seed, sizes, covered, uncovered, held_out=held_out,
