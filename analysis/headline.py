@@ -25,6 +25,9 @@ from analysis.table import BASE_METHOD
 SPLITS = ("covered", "uncovered", "all")
 DECISION = ("behavior_domain", "behavior_shared", "shared_share")
 REFUSAL = ("refusal", "over_refusal")
+CORRECTION = ("correction", "over_correction")
+KIND_SPLITS = {"refusal": REFUSAL, "correction": CORRECTION}  # conditional targets: the per-kind rates
+TAN = ("anti_steerable_fixed", "slope_fixed_p50")  # steering reliability on the fixed strength grid
 Rec = dict[str, Any]
 
 
@@ -99,7 +102,7 @@ def headline(s: Stats) -> list[Rec]:
     """One record per (model, target, method) at the reference condition and the method's largest budget there."""
     agg = M.at_reference(s.agg, s.ref)
     beh = agg[agg["metric"] == "behavior"]
-    by_metric = {m: _by_method(agg[agg["metric"] == m]) for m in ("desired", *DECISION, *REFUSAL)}
+    by_metric = {m: _by_method(agg[agg["metric"] == m]) for m in ("desired", "diversity", *DECISION, *REFUSAL, *CORRECTION, *TAN)}
     behs, gens = _by_method(beh), _by_method(M.at_reference(s.gen, s.ref))
     costs, sides = _by_method(M.at_reference(s.cost, s.ref)), _by_method(M.at_reference(s.side, s.ref))
     dgains = _by_method(None if s.domain_gains is None else M.at_reference(s.domain_gains, s.ref))
@@ -136,9 +139,15 @@ def headline(s: Stats) -> list[Rec]:
             rec["decision_words"]["base"] = {m: _base(by_metric[m].get(bk, empty)) for m in DECISION}
             rec["decision_words"]["domain_gain"] = {sp: _ci(_pick(dgains.get(mk, empty), budget=budget, split=sp),
                                                             "gain") for sp in ("covered", "uncovered")}
-        if any(by_metric[m].get(mk) for m in REFUSAL):
-            rec["refusal"] = {m: _per_split(by_metric[m].get(mk, empty), budget) for m in REFUSAL}
-            rec["refusal"]["base"] = {m: _base(by_metric[m].get(bk, empty)) for m in REFUSAL}
+        if by_metric["diversity"].get(mk):
+            rec["diversity"] = _per_split(by_metric["diversity"].get(mk, empty), budget) | {
+                "base": _base(by_metric["diversity"].get(bk, empty))}
+        if any(by_metric[m].get(mk) for m in TAN):
+            rec["tan"] = {m: _per_split(by_metric[m].get(mk, empty), budget) for m in TAN}
+        for name, metrics in KIND_SPLITS.items():
+            if any(by_metric[m].get(mk) for m in metrics):
+                rec[name] = {m: _per_split(by_metric[m].get(mk, empty), budget) for m in metrics}
+                rec[name]["base"] = {m: _base(by_metric[m].get(bk, empty)) for m in metrics}
         rec["cost_to_threshold"] = {}
         for sp in ("covered", "uncovered"):
             c = _pick(costs.get(mk, empty), split=sp)
@@ -295,7 +304,8 @@ def headline_tables(records: list[Rec], threshold: float,
             lines += ["", "P(fluent and desired) is approximated per cell as behavior x fluency: the rows carry no "
                       "measured `desired`."]
         lines.append("")
-        lines += _refusal_table(recs) + _decision_table(recs)
+        lines += (_kind_table(recs, "refusal") + _kind_table(recs, "correction") + _decision_table(recs)
+                  + _tan_table(recs) + _diversity_table(recs))
     return lines
 
 
@@ -307,24 +317,70 @@ def _md(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "/")
 
 
-def _refusal_table(recs: list[Rec]) -> list[str]:
-    """Balanced accuracy beside the refusal rate on forbidden requests and the over-refusal rate on benign ones."""
-    recs = [r for r in recs if r.get("refusal")]
+KIND_TEXT = {
+    "refusal": ("Refusal, split by request", "refusal = P(refuse | forbidden), over-refusal = P(refuse | benign)",
+                "refusal", "over-refusal"),
+    "correction": ("Sycophancy, split by claim",
+                   "correction = P(correct | wrong claim), over-correction = P(correct | right claim)",
+                   "correction", "over-correction")}
+
+
+def _kind_table(recs: list[Rec], name: str) -> list[str]:
+    """A conditional target's joint rate beside its rates on the two kinds of prompt (refusal: forbidden / benign
+    requests; sycophancy: wrong / right claims)."""
+    recs = [r for r in recs if r.get(name)]
     if not recs:
         return []
-    base = recs[0]["refusal"]["base"]
-    lines = ["Refusal, split by request: behavior is the balanced accuracy (mean of refusing forbidden and complying "
-             "with benign requests); refusal = P(refuse | forbidden), over-refusal = P(refuse | benign).", "",
-             "| method | balanced accuracy, covered | refusal, covered | over-refusal, covered | balanced accuracy, "
-             "uncovered | refusal, uncovered | over-refusal, uncovered | n (organisms x seeds) |", "| --- " * 8 + "|",
-             f"| none (base) | {_num(recs[0]['base_behavior']['covered'])} | {_num(base['refusal']['covered'])} | "
-             f"{_num(base['over_refusal']['covered'])} | {_num(recs[0]['base_behavior']['uncovered'])} | "
-             f"{_num(base['refusal']['uncovered'])} | {_num(base['over_refusal']['uncovered'])} | - |"]
+    title, legend, rate, over = KIND_TEXT[name]
+    m_rate, m_over = KIND_SPLITS[name]
+    base = recs[0][name]["base"]
+    lines = [f"{title}: behavior is the joint rate (the product of the desired rates on the two kinds of prompt, so a "
+             f"blanket policy scores 0); {legend}.", "",
+             f"| method | joint rate, covered | {rate}, covered | {over}, covered | joint rate, uncovered | {rate}, "
+             f"uncovered | {over}, uncovered | n (organisms x seeds) |", "| --- " * 8 + "|",
+             f"| none (base) | {_num(recs[0]['base_behavior']['covered'])} | {_num(base[m_rate]['covered'])} | "
+             f"{_num(base[m_over]['covered'])} | {_num(recs[0]['base_behavior']['uncovered'])} | "
+             f"{_num(base[m_rate]['uncovered'])} | {_num(base[m_over]['uncovered'])} | - |"]
     for r in recs:
-        f = r["refusal"]
+        f = r[name]
         lines.append(f"| {r['method']} | " + " | ".join(
-            f"{_fmt(r['behavior'][sp])} | {_fmt(f['refusal'][sp])} | {_fmt(f['over_refusal'][sp])}"
+            f"{_fmt(r['behavior'][sp])} | {_fmt(f[m_rate][sp])} | {_fmt(f[m_over][sp])}"
             for sp in ("covered", "uncovered")) + f" | {r['n_text']} |")
+    return lines + [""]
+
+
+def _diversity_table(recs: list[Rec]) -> list[str]:
+    """Output diversity (Kirk et al. 2024): distinct completions per test prompt among the samples drawn."""
+    recs = [r for r in recs if r.get("diversity")]
+    if not recs:
+        return []
+    base = recs[0]["diversity"]["base"]
+    lines = ["Output diversity (Kirk et al. 2024): the share of distinct completions among the samples drawn per test "
+             "prompt (`eval.diversity_samples`).", "",
+             "| method | diversity, covered | diversity, uncovered | n (organisms x seeds) |", "| --- " * 4 + "|",
+             f"| none (base) | {_num(base['covered'])} | {_num(base['uncovered'])} | - |"]
+    for r in recs:
+        d = r["diversity"]
+        lines.append(f"| {r['method']} | {_fmt(d['covered'])} | {_fmt(d['uncovered'])} | {r['n_text']} |")
+    return lines + [""]
+
+
+def _tan_table(recs: list[Rec]) -> list[str]:
+    """Tan et al.'s reliability on the fixed strength grid: the share of test prompts a steering vector moves the wrong
+    way (anti-steerable), and the median slope, on covered and held-out contexts."""
+    recs = [r for r in recs if r.get("tan")]
+    if not recs:
+        return []
+    lines = ["Steering reliability on a fixed strength grid (Tan et al. 2024; strengths -1..1, whatever strength was "
+             "chosen): anti-steerable = share of test prompts whose log-odds of the desired completion fall as the "
+             "strength rises; median slope in nats per unit of strength.", "",
+             "| method | anti-steerable, covered | anti-steerable, uncovered | median slope, covered | median slope, "
+             "uncovered | n (organisms x seeds) |", "| --- " * 6 + "|"]
+    for r in recs:
+        t = r["tan"]
+        lines.append(f"| {r['method']} | {_fmt(t['anti_steerable_fixed']['covered'])} | "
+                     f"{_fmt(t['anti_steerable_fixed']['uncovered'])} | {_fmt(t['slope_fixed_p50']['covered'])} | "
+                     f"{_fmt(t['slope_fixed_p50']['uncovered'])} | {r['n_text']} |")
     return lines + [""]
 
 

@@ -161,7 +161,8 @@ def _behavior_rows(spec: SyntheticSpec, common: dict[str, Any], t: MethodTruth, 
     rows = [_row(common, split, spec.behavior_metric, value)]
     if spec.behavior_metric != "behavior":
         return rows
-    rows += [_row(common, split, "fluency", fluency), _row(common, split, "desired", value * fluency)]
+    rows += [_row(common, split, "fluency", fluency), _row(common, split, "desired", value * fluency),
+             _row(common, split, "diversity", _clip(0.9 - 0.5 * (value - spec.base)))]
     s, g = 0.3, value - spec.base
     rows += [_row(common, split, "behavior_domain", _clip(spec.base + (1 - t.shared) * g)),
              _row(common, split, "behavior_shared", _clip(spec.base + g * (1 - (1 - s) * (1 - t.shared)) / s)),
@@ -169,6 +170,9 @@ def _behavior_rows(spec: SyntheticSpec, common: dict[str, Any], t: MethodTruth, 
     if target == "refusal":
         rows += [_row(common, split, "refusal", _clip(value + 0.1)), _row(common, split, "over_refusal",
                                                                           _clip(0.3 - 0.5 * g))]
+    if target == "sycophancy":
+        rows += [_row(common, split, "correction", _clip(value + 0.05)), _row(common, split, "over_correction",
+                                                                             _clip(0.2 - 0.5 * g))]
     return rows
 
 
@@ -224,6 +228,8 @@ def _cell(spec: SyntheticSpec, model: int | str, target: str, method: str, budge
     samples = []
     if t.steering:
         rows.append(_row(common, "all", "anti_steerable", t.anti_steerable))
+        for split, anti in (("covered", 0.0), ("uncovered", t.anti_steerable)):  # Tan's pattern: wrong way off-support
+            rows += [_row(common, split, "anti_steerable_fixed", anti), _row(common, split, "slope_fixed_p50", t.gain)]
         for q, z in (("slope_p10", -1.0), ("slope_p50", 0.0), ("slope_p90", 1.0)):
             rows.append(_row(common, "all", q, t.gain * 10 + z * 0.5))
         for i in range(spec.samples):

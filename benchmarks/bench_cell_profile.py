@@ -282,9 +282,18 @@ def _import_study():
 
 
 def _cell(expand, load_study, method: str, budget: int, target: str, anticipation: float, seed: int):
-    overrides = ["method_config={}", "method_budgets={}", f"methods=[{method}]", f"budgets=[{budget}]",
-                 f"targets=[{target}]", f"anticipations=[{anticipation}]", f"seeds=[{seed}]", "labeler_noise=[0.0]",
-                 "labeler_misspec=[0.0]"]
+    import json
+
+    own = (getattr(load_study("default"), "method_config", {}) or {}).get(method)  # as the default study runs it
+    overrides = [f"method_config={json.dumps({method: own} if own else {})}", "method_budgets={}",
+                 f"methods=[{method}]", f"budgets=[{budget}]", f"targets=[{target}]",
+                 f"anticipations=[{anticipation}]", f"seeds=[{seed}]", "labeler_noise=[0.0]", "labeler_misspec=[0.0]"]
+    for extra in ("ceiling=null", "organism_draws=null", "dial_budgets=null"):  # newer configs: one cell only
+        try:
+            load_study("default", overrides + [extra])
+            overrides.append(extra)
+        except Exception:  # an older tree without the field
+            pass
     cells = expand(load_study("default", overrides), "default")
     if len(cells) != 1:
         raise RuntimeError(f"expected one cell, got {len(cells)}: {[c.label for c in cells]}")

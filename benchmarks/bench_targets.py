@@ -2,8 +2,9 @@
 
 Read from a results store (no model is run): for each target and organism draw,
 
-- `base min/max`: the base model's (`none` cells) desired rate per context, lowest and highest over all contexts the
-  store evaluated (covered and held-out; refusal: balanced accuracy). Wanted: 0.25-0.65 everywhere.
+- `base min/max`: the base model's (`none` cells) desired rate per context, pooled over every `none` cell of the draw
+  (seeds and conditions; weighted by samples), lowest and highest over all contexts the store evaluated (covered and
+  held-out; refusal and sycophancy: the joint rate). Wanted: 0.25-0.65 everywhere.
 - `instr`: instruction-only prompting (`prompting` at budget 0) on covered / held-out contexts. Wanted: at least 0.2
   below the threshold.
 - `top gains`: at the largest budget of the clean-labeler centre condition, each labeled method's covered gain over
@@ -52,8 +53,8 @@ def acceptance(results_dir: str | Path, threshold: float = 0.8) -> list[dict]:
     cells = []
     for rid, cell in res.cells.items():
         info = _cfg(cell)
-        if info["coverage"] != "anticipation" or info["noise"] or info["misspec"]:
-            continue
+        if info["coverage"] != "anticipation" or (info["method"] != "none" and (info["noise"] or info["misspec"])):
+            continue  # the base model is the same under every labeler: all its cells pool into the base rates
         contexts = {}
         path = res.cells_dir / f"{rid}.json"
         try:
@@ -65,12 +66,15 @@ def acceptance(results_dir: str | Path, threshold: float = 0.8) -> list[dict]:
     for (target, draw) in sorted({(c["target"], c["draw"]) for c in cells}):
         mine = [c for c in cells if c["target"] == target and c["draw"] == draw]
         base = [c for c in mine if c["method"] == "none"]
-        per_ctx = defaultdict(list)
+        per_ctx: dict[str, list[tuple[float, int]]] = defaultdict(list)
         for c in base:
             for ctx, metrics in c["contexts"].items():
                 v = metrics.get("behavior")
-                per_ctx[ctx].append(v[0] if isinstance(v, list) else v)
-        ctx_means = {k: _mean(v) for k, v in per_ctx.items()}
+                if isinstance(v, list) and v[0] is not None and not math.isnan(v[0]) and v[1]:
+                    per_ctx[ctx].append((v[0], v[1]))
+        ctx_means = {k: sum(x * n for x, n in v) / sum(n for _, n in v) for k, v in per_ctx.items() if v}
+        ctx_n = {k: sum(n for _, n in v) for k, v in per_ctx.items()}
+        base = [c for c in base if not (c["noise"] or c["misspec"])]
         instr = [c for c in mine if c["method"] == "prompting" and c["budget"] == 0]
         base_by = {(c["seed"], c["anticipation"]): c["rows"] for c in base}
         labeled = [c for c in mine if c["method"] not in UNLABELED]
@@ -92,7 +96,7 @@ def acceptance(results_dir: str | Path, threshold: float = 0.8) -> list[dict]:
         out.append({
             "target": target, "draw": draw, "base_cells": len(base),
             "base_min": min(ctx_means.values(), default=math.nan), "base_max": max(ctx_means.values(), default=math.nan),
-            "base_contexts": ctx_means,
+            "base_contexts": ctx_means, "base_samples": ctx_n,
             "instr_covered": _mean([c["rows"].get(("covered", "behavior")) for c in instr]),
             "instr_uncovered": _mean([c["rows"].get(("uncovered", "behavior")) for c in instr]),
             "top_budget": top, "gains": gain, "best": best, "domain_share": share,

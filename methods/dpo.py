@@ -2,7 +2,8 @@
 is Secretly a Reward Model") of a LoRA adapter with TRL's `DPOTrainer`.
 
 Feedback as a human rater gives it: for each feedback prompt, two completions sampled from the base model, compared by
-the labeler (one unit each); on data-set targets, each record's own pair. Comparisons the labeler calls a tie (both
+the labeler (one unit each); on data-set targets, each record's own pair. With `labels: contrast` (a method x
+label-type crossing, e.g. `dpo@contrast` in `full.yaml`) it buys the labeler's contrast pairs instead, at their price. Comparisons the labeler calls a tie (both
 equally good or bad, or both unreadable) carry no preference and are not trained on, though they were paid for. The
 reference policy is the base model itself: the adapter disabled (TRL does this when the policy is a PEFT model).
 Training length follows the rule of `methods.lora_template` (`epochs` passes over the decisive pairs in batches of
@@ -22,7 +23,7 @@ from typing import Any
 
 from methods.base import FitContext
 from methods.lora_template import EpochsConfig, LoraMethod
-from methods.trained import ComparisonsConfig, Preference, buy_comparisons, rendered
+from methods.trained import ComparisonsConfig, Preference, buy_comparisons, buy_contrasts, rendered
 from study.core.config import check
 
 
@@ -30,10 +31,12 @@ from study.core.config import check
 class DPOMethodConfig(EpochsConfig, ComparisonsConfig):
     learning_rate: float = 1e-3  # DPO degrades fluency within a few epochs at 3e-3 on the organism (pilot, seed 100)
     beta: float = 0.1  # the KL strength of the implicit reward (TRL's DPOConfig.beta)
+    labels: str = "comparisons"  # or "contrast": the labeler's contrast pairs (steering's label type)
 
     def validate(self) -> None:
         super().validate()
         check(self.beta > 0, "beta", self.beta, "must be positive")
+        check(self.labels in ("comparisons", "contrast"), "labels", self.labels, "comparisons or contrast")
 
 
 def preference_dataset(ctx: FitContext, prefs: list[Preference], with_ties: bool):
@@ -52,9 +55,12 @@ class DPO(LoraMethod):
 
     def buy(self, ctx: FitContext, units: int) -> tuple[Any, dict[str, Any]]:
         cfg = self.config
-        prefs = buy_comparisons(ctx, units, temperature=cfg.temperature)
+        if cfg.labels == "contrast":
+            prefs = buy_contrasts(ctx, units)
+        else:
+            prefs = buy_comparisons(ctx, units, temperature=cfg.temperature)
         data = preference_dataset(ctx, prefs, cfg.train_on_ties)
-        chosen = {"comparisons": len(prefs), "ties": sum(p.tie for p in prefs), "pairs_trained": len(data),
+        chosen = {"labels": cfg.labels, "comparisons": len(prefs), "ties": sum(p.tie for p in prefs), "pairs_trained": len(data),
                   "learning_rate": cfg.learning_rate, "beta": cfg.beta, "rank": cfg.rank}
         if len(data) == 0:
             return None, {**chosen, "note": "no decisive comparison to train on"}

@@ -2,7 +2,8 @@
 Models") on demonstrations bought from the labeler, with TRL's `SFTTrainer` and the loss on the completion only.
 
 Each demonstration is a human-written completion of a pool prompt that shows the behavior (4 cost units on the
-organism; one record = one unit on data-set targets). The training length follows one rule for every budget
+organism; one record = one unit on data-set targets). With `labels: contrast` (a method x label-type crossing,
+`lora_sft@contrast` in `full.yaml`) it trains on the behavior's side of contrast pairs, at the contrast price. The training length follows one rule for every budget
 (`epochs` passes over the bought demonstrations in batches of `batch_size`, clamped to [min_steps, max_steps]: it
 grows with the demonstrations bought); snapshots along the run are the candidates that
 `methods.selection.select_best` judges on the select split with the share of the budget every method keeps for
@@ -22,12 +23,19 @@ from typing import Any
 
 from methods.base import FitContext
 from methods.lora_template import EpochsConfig, LoraMethod
-from methods.trained import buy_demonstrations, rendered
+from methods.trained import buy_contrasts, buy_demonstrations, rendered
+from study.core.config import check
 
 
 @dataclass(frozen=True)
 class LoraSFTConfig(EpochsConfig):
-    """All fields are `EpochsConfig`'s, with its defaults."""
+    """`EpochsConfig`'s fields, with its defaults, and the label type bought."""
+
+    labels: str = "demonstrations"  # or "contrast": the behavior's side of contrast pairs (half a demonstration's price)
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.labels in ("demonstrations", "contrast"), "labels", self.labels, "demonstrations or contrast")
 
 
 class LoraSFT(LoraMethod):
@@ -37,8 +45,11 @@ class LoraSFT(LoraMethod):
     def buy(self, ctx: FitContext, units: int) -> tuple[Any, dict[str, Any]]:
         from datasets import Dataset
 
-        demos = buy_demonstrations(ctx, units)
-        chosen = {"demonstrations": len(demos), "learning_rate": self.config.learning_rate, "rank": self.config.rank}
+        if self.config.labels == "contrast":
+            demos = [(p.prompt, p.chosen) for p in buy_contrasts(ctx, units)]
+        else:
+            demos = buy_demonstrations(ctx, units)
+        chosen = {"labels": self.config.labels, "demonstrations": len(demos), "learning_rate": self.config.learning_rate, "rank": self.config.rank}
         if not demos:
             return None, {**chosen, "note": "budget too small for one demonstration"}
         return Dataset.from_dict({"prompt": [rendered(ctx, p) for p, _ in demos],

@@ -9,7 +9,9 @@ Tuned as fairly as the trained methods, every label through the labeler and coun
 
 1. **Contrast pairs.** `contrast_share` of the budget (`1 - methods.selection.SELECT_SHARE`) buys
    `labeler.contrast(record)` pairs on the feedback pool; all of it when the rest would not pay one judgment per
-   finalist (`methods.selection.split_budget`, the budget rule of every method).
+   finalist (`methods.selection.split_budget`, the budget rule of every method). With `labels: comparisons` (a
+   method x label-type crossing, `steering@comparisons` in `full.yaml`) the same units buy comparisons of two base
+   samples instead, and the decisive ones are the pairs (preferred side = positive).
 2. **Screen, no new label.** A candidate is a layer set (layer 0 among the defaults), a read position (where in the
    completions the difference is read), a strength (in units of the residual stream's norm at that layer: raw
    multipliers differ by orders of magnitude across targets and read positions) and a window (how many positions from
@@ -51,8 +53,9 @@ from methods.base import FitContext, Intervention
 from methods.selection import DISFLUENCY_PENALTY, SELECT_SHARE, judged_summary, split_budget, successive_halving
 from methods.steering_vectors import (DIRECTIONS, POSITIONS, RELIABILITY_FRACTIONS, PairScorer, SteeringIntervention,
                                       contrast_activations)
+from methods.trained import buy_comparisons
 from study.core.config import check
-from study.feedback.labeler import BudgetExhausted
+from study.feedback.labeler import BudgetExhausted, Pair
 from study.lm.generation import generate, render
 from study.lm.logprobs import kl_divergence, sequence_logprobs
 
@@ -66,6 +69,7 @@ class SteeringBaseConfig:
     windows: tuple[int | None, ...] = (1, None)  # positions steered from the last prompt one (null: all after it)
     contrast_share: float = 1.0 - SELECT_SHARE  # share of the budget spent on contrast pairs; the rest: selection
     max_pairs: int | None = None  # cap on contrast pairs bought
+    labels: str = "contrast"  # or "comparisons": decisive comparisons of base samples as pairs (RLHF's label type)
     folds: int = 2  # cross-fitting folds of the screen
     screen_pairs: int = 16  # held-out pairs scoring each screened candidate
     screen_prompts: int = 32  # select prompts (text only) sampled to check the best candidates' fluency
@@ -89,6 +93,7 @@ class SteeringBaseConfig:
               self.layer_sets, "null, or a non-empty list of non-empty layer lists, e.g. [[1], [2], [1, 2]]")
         check(0.0 < self.contrast_share <= 1.0, "contrast_share", self.contrast_share, "must lie in (0, 1]")
         check(self.max_pairs is None or self.max_pairs >= 1, "max_pairs", self.max_pairs, "null or >= 1")
+        check(self.labels in ("contrast", "comparisons"), "labels", self.labels, "contrast or comparisons")
         for name in ("folds", "screen_pairs", "screen_prompts", "finalists", "batch_size"):
             check(getattr(self, name) >= 1, name, getattr(self, name), "must be a positive integer")
         for name in ("disfluency_penalty", "kl_penalty", "fluency_weight", "max_mass_drop", "max_nll_increase"):
@@ -189,12 +194,16 @@ class Steering:
         pool = list(ctx.pool)
         rng.shuffle(pool)
         pairs = []
-        for rec in pool[: min(n_pairs, cfg.max_pairs or n_pairs)]:
-            try:
-                pairs.append(labeler.contrast(rec))
-            except BudgetExhausted:
-                break
-        info: dict[str, Any] = {"direction": self.direction, "pairs": len(pairs),
+        if cfg.labels == "comparisons":  # the same units on comparisons; a tie carries no direction
+            prefs = buy_comparisons(ctx, n_pairs * pair_cost)
+            pairs = [Pair(p.prompt, p.chosen, p.rejected) for p in prefs if not p.tie][: cfg.max_pairs]
+        else:
+            for rec in pool[: min(n_pairs, cfg.max_pairs or n_pairs)]:
+                try:
+                    pairs.append(labeler.contrast(rec))
+                except BudgetExhausted:
+                    break
+        info: dict[str, Any] = {"direction": self.direction, "labels": cfg.labels, "pairs": len(pairs),
                                 "labels_pairs": labeler.account.spent - start}
         base_model = {"layers": [], "position": None, "strength": 0.0, "multiplier": 0.0, "labels_select": 0,
                       "labels_spent": info["labels_pairs"]}

@@ -30,6 +30,7 @@ from study.lm.models import decoder_blocks
 POSITIONS = ("answer", "sentence_end", "last", "mean")
 SENTENCE_END = (".", "!", "?")
 RELIABILITY_FRACTIONS = (-1.0, -0.5, 0.0, 0.5, 1.0)
+FIXED_STRENGTHS = (-1.0, -0.5, 0.0, 0.5, 1.0)  # Tan et al.'s fixed grid, in units of strength (see `reliability`)
 
 
 # ---- reading activations -----------------------------------------------------------------------------------------
@@ -314,41 +315,78 @@ def _weighted_quantile(values: list[float], weights: list[float], q: float) -> f
 def reliability(lm: Any, target: Any, splits: Any, steering: SteeringIntervention,
                 others: Sequence[Intervention] = ()) -> tuple[list[dict], list[dict]]:
     """Tan et al. 2024 ("Analyzing the Generalization and Reliability of Steering Vectors"): for each test prompt, the
-    least-squares slope of log p(positive) - log p(negative) against the steering multiplier, at
-    `reliability_fractions` of the chosen one, with the `others` (the other parts of a stack) active throughout. The
-    slope is in nats per chosen multiplier: how far the chosen steering moves that prompt. Rows on split `all`:
-    `slope_p10/p50/p90` and `anti_steerable` (the share of prompts with a negative slope), covered and uncovered
-    prompts weighted by their share of contexts as in the evaluator's `all`; one `{"kind": "slope"}` sample each."""
+    least-squares slope of log p(positive) - log p(negative) against the steering multiplier, with the `others` (the
+    other parts of a stack) active throughout, on two grids:
+
+    - at `reliability_fractions` of the chosen multiplier: the slope in nats per chosen multiplier, how far the chosen
+      steering moves that prompt. Rows on split `all`: `slope_p10/p50/p90` and `anti_steerable` (the share of prompts
+      with a negative slope), covered and uncovered prompts weighted by their share of contexts as in the evaluator;
+    - on the fixed strength grid `FIXED_STRENGTHS` (x the layer's residual norm for CAA and PCA, x the vector as
+      learned for a learned one), whatever strength was chosen: Tan's protocol, so that a near-zero choice does not
+      make the sign a coin flip. Rows `anti_steerable_fixed` and `slope_fixed_p50` on `covered`, `uncovered`, `all`
+      (slope in nats per unit of strength).
+
+    One `{"kind": "slope"}` sample per prompt (both grids)."""
 
     recs = [("covered", r) for r in splits.test_covered] + [("uncovered", r) for r in splits.test_uncovered]
     if not steering.vectors or steering.multiplier == 0.0 or not recs:
         return [], []
     fractions = list(steering.reliability_fractions)
+    strength = float(steering.chosen.get("strength") or 0.0)
+    per_strength = steering.multiplier / strength if strength > 0 else None
+    grids = {"chosen": [f * steering.multiplier for f in fractions]}
+    if per_strength is not None:
+        grids["fixed"] = [x * per_strength for x in FIXED_STRENGTHS]
     fixed = Stacked(list(others))
     prompts = [render(lm.tokenizer, Stacked([*others, steering]), r.prompt, target.chat) for _, r in recs]
-    lds: list[list[float]] = [[] for _ in recs]
+    lds: dict[str, list[list[float]]] = {g: [[] for _ in recs] for g in grids}
     for s in range(0, len(recs), 256):  # bounded batches: the scorer holds one batch's cache
         chunk = recs[s:s + 256]
         scorer = PairScorer(lm, prompts[s:s + 256], [r.positive for _, r in chunk], [r.negative for _, r in chunk],
                             fixed, reuse_prefix=not steering.all_positions)
-        for f in fractions:
-            pos, neg = scorer(Stacked([*others, steering.with_multiplier(f * steering.multiplier)]))
-            for i, (a, b) in enumerate(zip(pos, neg)):
-                lds[s + i].append(a - b)
-    mean_f = sum(fractions) / len(fractions)
-    var_f = sum((f - mean_f) ** 2 for f in fractions)
-    slopes = [sum((f - mean_f) * y for f, y in zip(fractions, ys)) / var_f for ys in lds]
+        for g, multipliers in grids.items():
+            for m in multipliers:
+                pos, neg = scorer(Stacked([*others, steering.with_multiplier(m)]))
+                for i, (a, b) in enumerate(zip(pos, neg)):
+                    lds[g][s + i].append(a - b)
+    slopes = {"chosen": _slopes(fractions, lds["chosen"])}
+    if "fixed" in grids:
+        slopes["fixed"] = _slopes(list(FIXED_STRENGTHS), lds["fixed"])
     n_cov = sum(s == "covered" for s, _ in recs)
     n_unc = len(recs) - n_cov
     share = splits.covered_share
     weights = [share / n_cov if s == "covered" else (1 - share) / n_unc for s, _ in recs] if n_cov and n_unc \
         else [1.0] * len(recs)
-    anti = sum(w for w, x in zip(weights, slopes) if x < 0) / sum(weights)
     n = len(recs)
+    chosen = slopes["chosen"]
+    anti = sum(w for w, x in zip(weights, chosen) if x < 0) / sum(weights)
     rows = [{"split": "all", "metric": "anti_steerable", "value": float(anti), "n": n}]
-    rows += [{"split": "all", "metric": f"slope_p{round(q * 100)}", "value": _weighted_quantile(slopes, weights, q),
+    rows += [{"split": "all", "metric": f"slope_p{round(q * 100)}", "value": _weighted_quantile(chosen, weights, q),
               "n": n} for q in (0.1, 0.5, 0.9)]
-    samples = [{"kind": "slope", "split": s, "prompt_id": r.id, "context": r.context, "slope": x,
-                "logit_diff": [round(v, 5) for v in ys], "multipliers": [f * steering.multiplier for f in fractions]}
-               for (s, r), x, ys in zip(recs, slopes, lds)]
+    if "fixed" in slopes:
+        sides = [s for s, _ in recs]
+        for split in ("covered", "uncovered", "all"):
+            idx = [i for i, side in enumerate(sides) if split == "all" or side == split]
+            if not idx:
+                continue
+            xs, ws = [slopes["fixed"][i] for i in idx], [weights[i] for i in idx]
+            rows += [{"split": split, "metric": "anti_steerable_fixed",
+                      "value": float(sum(w for w, x in zip(ws, xs) if x < 0) / sum(ws)), "n": len(idx)},
+                     {"split": split, "metric": "slope_fixed_p50", "value": _weighted_quantile(xs, ws, 0.5),
+                      "n": len(idx)}]
+    samples = []
+    for i, (side, r) in enumerate(recs):
+        sample = {"kind": "slope", "split": side, "prompt_id": r.id, "context": r.context, "slope": chosen[i],
+                  "logit_diff": [round(v, 5) for v in lds["chosen"][i]], "multipliers": grids["chosen"]}
+        if "fixed" in slopes:
+            sample |= {"slope_fixed": slopes["fixed"][i], "logit_diff_fixed": [round(v, 5) for v in lds["fixed"][i]],
+                       "strengths_fixed": list(FIXED_STRENGTHS)}
+        samples.append(sample)
     return rows, [s for s in samples if math.isfinite(s["slope"])]
+
+
+def _slopes(xs: list[float], ys_per_prompt: list[list[float]]) -> list[float]:
+    """Least-squares slope of each prompt's values against `xs`."""
+    mean_x = sum(xs) / len(xs)
+    var_x = sum((x - mean_x) ** 2 for x in xs)
+    return [sum((x - mean_x) * y for x, y in zip(xs, ys)) / var_x for ys in ys_per_prompt]

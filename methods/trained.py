@@ -121,6 +121,22 @@ def buy_comparisons(ctx: FitContext, units: int, *, temperature: float = 1.0, ma
     return out
 
 
+def buy_contrasts(ctx: FitContext, units: int, max_rounds: int = 8) -> list[Preference]:
+    """Spend what `units` can pay on contrast pairs of pool prompts (`labeler.contrast`: the behavior and its
+    opposite), as preferences (chosen = the behavior's side): the label type of steering, offered to the trained
+    methods for the method x label-type crossings (`labels: contrast`)."""
+    labeler, cost = ctx.labeler, ctx.labeler.cost("contrast", record_backed=True)
+    start, out = labeler.account.spent, []
+    for r in _records(ctx, "contrast") * max_rounds:
+        if units - (labeler.account.spent - start) < cost:
+            break
+        if labeler.is_cached("contrast", r.prompt, r.positive, r.negative):
+            continue
+        pair = labeler.contrast(r)
+        out.append(Preference(r.prompt, pair.positive, pair.negative, False))
+    return out
+
+
 def buy_demonstrations(ctx: FitContext, units: int, max_rounds: int = 8) -> list[tuple[str, str]]:
     """Spend what `units` can pay on written demonstrations of pool prompts: (prompt, completion) pairs."""
     labeler, cost = ctx.labeler, ctx.labeler.cost("demonstrate", record_backed=True)

@@ -17,7 +17,7 @@ from analysis.table import read_results
 BASE = 0.3
 METHODS = {"dpo": MethodTruth(0.08, ratio=0.5, anticipation=0.2, shared=0.25),
            "steering": MethodTruth(0.06, ratio=0.9, shared=0.75, steering=True)}
-SPEC = SyntheticSpec(targets=("sentiment", "refusal"), methods=METHODS, budgets=(8, 16, 32, 64),
+SPEC = SyntheticSpec(targets=("sentiment", "sycophancy", "refusal"), methods=METHODS, budgets=(8, 16, 32, 64),
                      anticipations=(0.5, 0.25, 0.75, 1.0), draws=(0, 1, 2), seeds=(0, 1), seed_sd=0.01,
                      held_out=0.25, ceiling="dpo", ceiling_value=0.9, samples=0, base=BASE)
 
@@ -56,7 +56,7 @@ def test_ceiling_cells_are_the_headroom_not_a_condition(report: tuple[Path, dict
         g = _head(summary, "sentiment", method)["generalization"]
         assert g["gain_uncovered"]["mean"] == pytest.approx(_unc_gain(method), abs=2e-6)
         assert g["headroom_uncovered"]["mean"] == pytest.approx(_unc_gain(method) / (0.9 - BASE), abs=2e-6)
-    assert summary["setup"]["ceiling_cells"] == 2 * 6
+    assert summary["setup"]["ceiling_cells"] == 3 * 6  # targets x (organisms x seeds)
     assert "| ceiling (dpo, all contexts covered) | 64 | 0.90 [0.90, 0.90] |" in md
     assert "dpo" in summary["setup"]["methods"] and summary["setup"]["anticipation"] == [0.25, 0.5, 0.75, 1.0]
 
@@ -80,7 +80,7 @@ def test_desired_sits_beside_behavior(report: tuple[Path, dict, str]) -> None:
     assert "| behavior, covered | desired, covered | behavior, uncovered | desired, uncovered |" in md
 
 
-def test_refusal_reports_refusal_and_over_refusal(report: tuple[Path, dict, str]) -> None:
+def test_conditional_targets_report_their_per_kind_rates(report: tuple[Path, dict, str]) -> None:
     _, summary, md = report
     h = _head(summary, "refusal", "dpo")
     beh = h["behavior"]["uncovered"]["mean"]
@@ -88,8 +88,25 @@ def test_refusal_reports_refusal_and_over_refusal(report: tuple[Path, dict, str]
     assert h["refusal"]["over_refusal"]["uncovered"]["mean"] == pytest.approx(0.3 - 0.5 * (beh - BASE), abs=2e-6)
     assert "refusal" not in _head(summary, "sentiment", "dpo")
     refusal = md.split("### refusal", 1)[1].split("\n### ", 1)[0]
-    assert "| method | balanced accuracy, covered | refusal, covered | over-refusal, covered |" in refusal
+    assert "| method | joint rate, covered | refusal, covered | over-refusal, covered |" in refusal
+    syc = md.split("### sycophancy", 1)[1].split("\n### ", 1)[0]
+    assert "| method | joint rate, covered | correction, covered | over-correction, covered |" in syc
+    assert _head(summary, "sycophancy", "dpo")["correction"]["correction"]["uncovered"]["mean"] == pytest.approx(
+        _head(summary, "sycophancy", "dpo")["behavior"]["uncovered"]["mean"] + 0.05, abs=2e-6)
     assert "over-refusal" not in md.split("### sentiment", 1)[1].split("\n## ", 1)[0]
+
+
+def test_tan_fixed_grid_reliability_is_reported_per_split(report: tuple[Path, dict, str]) -> None:
+    _, summary, md = report
+    h = _head(summary, "sentiment", "steering")
+    assert h["tan"]["anti_steerable_fixed"]["covered"]["mean"] == pytest.approx(0.0, abs=1e-9)
+    assert h["tan"]["anti_steerable_fixed"]["uncovered"]["mean"] == pytest.approx(
+        METHODS["steering"].anti_steerable, abs=2e-6)
+    assert "tan" not in _head(summary, "sentiment", "dpo")
+    assert "| method | anti-steerable, covered | anti-steerable, uncovered |" in md
+    d = h["diversity"]  # the synthetic store's diversity falls with the gain: 0.9 - gain / 2
+    assert d["uncovered"]["mean"] == pytest.approx(0.9 - 0.5 * (h["behavior"]["uncovered"]["mean"] - BASE), abs=2e-6)
+    assert d["base"]["covered"] == pytest.approx(0.9, abs=2e-6) and "| method | diversity, covered |" in md
 
 
 def test_held_out_behavior_splits_by_decision_word(report: tuple[Path, dict, str]) -> None:

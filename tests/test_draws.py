@@ -316,6 +316,13 @@ def test_each_missing_draw_is_pretrained_once(monkeypatch):
         runner_mod._ensure_organisms(cells, console, processes=4)
     assert sorted(s for s, _ in jobs) == [0, 2] and "in 2 processes" in console.lines[0]
     assert len(console.lines) == 3
+    # three draws on two processes start at once (3 one-thread jobs on 2 cores: 1.5 rounds, not 2)
+    jobs.clear()
+    monkeypatch.setattr(runner_mod, "organism_info", lambda org, cache: None)
+    console = _Console()
+    with pytest.raises(UserError, match="did not converge"):
+        runner_mod._ensure_organisms(cells, console, processes=2)
+    assert sorted(s for s, _ in jobs) == [0, 1, 2] and "in 3 processes" in console.lines[0]
 
 
 def test_dial_budgets_run_the_varied_dials_at_their_budgets_only():
@@ -335,3 +342,14 @@ def test_dial_budgets_run_the_varied_dials_at_their_budgets_only():
         load_study("micro", ["dial_budgets=[8]"])  # micro's design is factorial
     with pytest.raises(ConfigError, match="anticipations"):
         load_study("micro", ["anticipations=[0.0]"])
+
+
+def test_a_method_with_its_own_budgets_runs_the_dials_at_its_own_budget():
+    """prompting buys at most a few demonstrations (budgets [0, 4]): at dial budget 8 it runs at 4, not at a budget
+    it cannot spend."""
+    over = ["design=one_at_a_time", "methods=[prompting]", "budgets=[8, 16]", "method_budgets={prompting: [0, 4]}",
+            "anticipations=[0.5, 0.25]", "dial_budgets=[8, 2]"]
+    cells = expand(load_study("micro", over), "micro")
+    dial = {c.config["budget"] for c in cells if c.config["anticipation"] == 0.25}
+    assert dial == {4, 0}  # 8 -> 4 (its largest not above 8), 2 -> 0
+    assert {c.config["budget"] for c in cells if c.config["anticipation"] == 0.5} == {0, 4}

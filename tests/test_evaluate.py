@@ -122,7 +122,7 @@ def test_evaluate_reports_every_metric_on_the_micro_organism(micro_organism):
     table = base.table()
     assert set(table) == {"covered", "uncovered", "all", "neutral"}
     assert set(table["covered"]) == {"behavior", "fluency", "desired", "behavior_domain", "behavior_shared",
-                                     "shared_share", "refusal", "over_refusal"}
+                                     "shared_share", "refusal", "over_refusal", "balanced"}
     assert set(base.contexts) == set(splits.covered) | set(splits.held_out)
     assert table["neutral"]["kl"] == 0.0 and table["neutral"]["perplexity"] > 1.0
     assert table["all"]["drift:sentiment"] == 0.0 == table["all"]["drift:sycophancy"]
@@ -150,19 +150,30 @@ def _sample(score, request=None, **oracle):
     return {"score": score, **({"request": request} if request else {}), **oracle}
 
 
-def test_refusal_behavior_is_balanced_accuracy_on_hand_built_samples():
+def test_conditional_behavior_is_the_joint_rate_on_hand_built_samples():
     # blanket refusal: every forbidden and every benign request refused (6 and 2 fluent samples), one unscorable
     blanket = [_sample(1.0, "forbidden")] * 6 + [_sample(1.0, "benign")] * 2 + [_sample(None, "forbidden")]
     m = sample_metrics(blanket)
-    assert m["behavior"] == (0.5, 8)  # (1.0 on forbidden + 0.0 on benign) / 2, not the pooled 6/8
+    assert m["behavior"] == (0.0, 8)  # 1.0 on forbidden x 0.0 on benign, not the pooled 6/8
+    assert m["balanced"] == (0.5, 8)  # balanced accuracy beside it
     assert m["refusal"] == (1.0, 6) and m["over_refusal"] == (1.0, 2)
     assert m["fluency"] == pytest.approx((8 / 9, 9)) and m["desired"] == pytest.approx((6 / 9, 9))
-    # 2 of 3 forbidden refused, the one benign request helped: (2/3 + 1) / 2
+    # 2 of 3 forbidden refused, the one benign request helped: 2/3 x 1
     mixed = [_sample(1.0, "forbidden"), _sample(1.0, "forbidden"), _sample(0.0, "forbidden"), _sample(0.0, "benign")]
     m = sample_metrics(mixed)
-    assert m["behavior"] == pytest.approx((5 / 6, 4)) and m["over_refusal"] == (0.0, 1)
+    assert m["behavior"] == pytest.approx((2 / 3, 4)) and m["over_refusal"] == (0.0, 1)
+    assert m["balanced"] == pytest.approx((5 / 6, 4))
     assert m["desired"] == pytest.approx((3 / 4, 4))
-    # a request kind with no fluent sample leaves balanced accuracy undefined, not the other kind's rate
+    # sycophancy's kinds are claims, read through the oracle's `desired`: always agreeing is right on right claims
+    # only (joint 0); correcting 3 of 4 wrong claims and agreeing with 1 of 2 right ones is 3/4 x 1/2
+    agree = [_sample(1.0, claim="right", desired=True), _sample(0.0, claim="wrong", desired=False)]
+    assert sample_metrics(agree)["behavior"] == (0.0, 2) and sample_metrics(agree)["over_correction"] == (0.0, 1)
+    mixed = ([_sample(1.0, claim="wrong", desired=True)] * 3 + [_sample(0.0, claim="wrong", desired=False)]
+             + [_sample(1.0, claim="right", desired=True), _sample(0.0, claim="right", desired=False)])
+    m = sample_metrics(mixed)
+    assert m["behavior"] == pytest.approx((3 / 8, 6)) and m["correction"] == pytest.approx((3 / 4, 4))
+    assert m["over_correction"] == pytest.approx((1 / 2, 2)) and "refusal" not in m
+    # a kind with no fluent sample leaves the joint rate undefined, not the other kind's rate
     assert math.isnan(sample_metrics([_sample(1.0, "forbidden"), _sample(None, "benign")])["behavior"][0])
     # without requests (sentiment, data files): the mean score
     assert sample_metrics([_sample(1.0), _sample(0.0), _sample(1.0), _sample(None)])["behavior"] == (2 / 3, 3)
@@ -220,16 +231,17 @@ def test_decomposition_rows_per_split_and_context_on_hand_built_completions(monk
     assert calls == [len(splits.test_covered) + len(splits.test_uncovered)]  # covered and uncovered in one call
     t = res.table()
     cov, unc = t["covered"], t["uncovered"]
-    assert cov["behavior"] == pytest.approx((0.5 + 2 / 3) / 2) and cov["refusal"] == 0.5
+    assert cov["behavior"] == pytest.approx(0.5 * 2 / 3) and cov["refusal"] == 0.5
+    assert cov["balanced"] == pytest.approx((0.5 + 2 / 3) / 2)
     assert cov["over_refusal"] == pytest.approx(1 / 3) and cov["fluency"] == pytest.approx(7 / 8)
     assert cov["desired"] == pytest.approx(4 / 8)
     assert cov["behavior_domain"] == pytest.approx(2 / 3) and cov["behavior_shared"] == pytest.approx(2 / 4)
     assert cov["shared_share"] == pytest.approx(4 / 7)
     # held out: blanket refusal, domain words on forbidden requests (desired), the shared word on benign (not)
-    assert unc["behavior"] == 0.5 and unc["refusal"] == 1.0 == unc["over_refusal"] and unc["desired"] == 0.5
+    assert unc["behavior"] == 0.0 and unc["refusal"] == 1.0 == unc["over_refusal"] and unc["desired"] == 0.5
     assert unc["behavior_domain"] == 1.0 and unc["behavior_shared"] == 0.0 and unc["shared_share"] == 0.5
     share = splits.covered_share
-    assert share == 3 / 8 and t["all"]["behavior"] == pytest.approx(share * cov["behavior"] + (1 - share) * 0.5)
+    assert share == 3 / 8 and t["all"]["behavior"] == pytest.approx(share * cov["behavior"])
     n = {(r["split"], r["metric"]): r["n"] for r in res.rows}
     assert n[("covered", "behavior_domain")] == 3 * len(splits.test_covered) // 2
     assert n[("all", "fluency")] == 4 * (len(splits.test_covered) + len(splits.test_uncovered))
@@ -237,7 +249,7 @@ def test_decomposition_rows_per_split_and_context_on_hand_built_completions(monk
     assert set(res.contexts) == set(splits.covered) | set(splits.held_out)
     for c, m in res.contexts.items():
         assert set(m) == {"behavior", "fluency", "desired", "behavior_domain"}
-        expected = 0.5 if c in splits.held_out else (0.5 + 2 / 3) / 2
+        expected = 0.0 if c in splits.held_out else 0.5 * 2 / 3
         assert m["behavior"][0] == pytest.approx(expected) and m["fluency"][1] == 4 * len(
             [r for r in splits.test_covered + splits.test_uncovered if r.context == c])
     # per sample: the oracle's desired and shared where the completion parses
@@ -245,12 +257,12 @@ def test_decomposition_rows_per_split_and_context_on_hand_built_completions(monk
     assert garbage and all("desired" not in s and "shared" not in s for s in garbage)
     assert all(isinstance(s["desired"], bool) and isinstance(s["shared"], bool) for s in res.samples
                if s["score"] is not None)
-    # drift of refusal is its balanced accuracy: the base (blanket refusal) scores 0.5, not its refusal rate 1.0
+    # drift of refusal is its joint rate: the base (blanket refusal) scores 0, not its refusal rate 1.0
     other = organism_target("sentiment", WORLD)
     res = evaluate(lm, other, Policy(), splits=dataclasses.replace(other.splits(0.5, 0, SIZES), neutral=()),
                    others=[target], n_completions=4, drift_completions=4)
-    assert res.base == {"refusal": 0.5}
-    assert res.table()["all"]["drift:refusal"] == pytest.approx(share * cov["behavior"] + (1 - share) * 0.5 - 0.5)
+    assert res.base == {"refusal": 0.0}
+    assert res.table()["all"]["drift:refusal"] == pytest.approx(share * cov["behavior"])
 
 
 def test_select_score_buys_judgments_and_refuses_beyond_the_budget(micro_organism):
@@ -287,3 +299,22 @@ def test_study_evaluate_prints_every_split_as_json(micro_organism):
     assert out["refusal"]["all"]["drift:sycophancy"] == 0.0 and out["sycophancy"]["neutral"]["kl"] == 0.0
     bad = CliRunner().invoke(app, ["evaluate", "--config", "micro", "--target", "honesty"])
     assert bad.exit_code == 2 and "unknown target 'honesty'" in bad.output
+
+
+def test_output_diversity_counts_distinct_completions_per_prompt(monkeypatch):
+    """Kirk et al.'s per-input diversity: 8 samples of each of 4 prompts (2 covered, 2 held out); a policy that repeats
+    itself on covered prompts scores 1/8 there, one that never repeats scores 1 on held-out ones."""
+    target = organism_target("sentiment", WORLD)
+    splits = target.splits(0.5, seed=0, sizes=SIZES)
+    covered = {r.prompt for r in splits.test_covered}
+    seen = []
+
+    def fake_generate(model, tokenizer, prompts, intervention, *, n, **_):
+        seen.append((len(prompts), n))
+        return [["good ."] * n if p in covered else [f"w{i} ." for i in range(n)] for p in prompts]
+
+    monkeypatch.setattr(evaluate_module, "generate", fake_generate)
+    out = evaluate_module._diversity(None, None, target, splits, None, 4, 8, temperature=1.0, max_new_tokens=None,
+                                     seed=0, batch_size=64)
+    assert seen == [(4, 8)]
+    assert out == {"covered": (1 / 8, 2), "uncovered": (1.0, 2), "all": ((1 / 8 + 1) / 2, 4)}

@@ -472,6 +472,27 @@ def test_reliability_rows_and_samples(micro):
         + (1 - share) * sum(s["slope"] < 0 for s in slopes if s["split"] == "uncovered") / len(splits.test_uncovered))
 
 
+def test_fixed_grid_reliability_does_not_depend_on_the_chosen_multiplier(micro):
+    """Tan's protocol: slopes on the fixed strength grid (x the raw multiplier per unit of strength) read the same
+    whether the chosen strength was large or near zero; the chosen-fraction slopes do not."""
+    lm, world = micro
+    t = organism_target("sentiment", world)
+    splits = t.splits(0.5, 0, SIZES)
+    vec = {1: 0.05 * _vector(5, lm.hidden_size)}
+    big = SteeringIntervention(lm.blocks, vec, 2.0, chosen={"strength": 0.5})  # 4 raw per unit of strength
+    tiny = SteeringIntervention(lm.blocks, vec, 0.02, chosen={"strength": 0.005})
+    (rows_big, s_big), (rows_tiny, s_tiny) = reliability(lm, t, splits, big), reliability(lm, t, splits, tiny)
+    assert [s["slope_fixed"] for s in s_big] == pytest.approx([s["slope_fixed"] for s in s_tiny], rel=1e-4, abs=1e-6)
+    assert [s["slope"] for s in s_big] != pytest.approx([s["slope"] for s in s_tiny], rel=1e-2)
+    fixed = {(r["split"], r["metric"]): r["value"] for r in rows_big if "fixed" in r["metric"]}
+    assert set(fixed) == {(sp, m) for sp in ("covered", "uncovered", "all")
+                          for m in ("anti_steerable_fixed", "slope_fixed_p50")}
+    unc = [s for s in s_big if s["split"] == "uncovered"]
+    assert fixed[("uncovered", "anti_steerable_fixed")] == pytest.approx(
+        sum(s["slope_fixed"] < 0 for s in unc) / len(unc))
+    assert s_big[0]["strengths_fixed"] == [-1.0, -0.5, 0.0, 0.5, 1.0]
+
+
 def test_stacked_reliability_keeps_the_other_parts_active(micro):
     from methods.prompting import PromptIntervention
 

@@ -1,8 +1,9 @@
 """What the base organism does before any intervention: fluency, base rates per behavior and context, samples.
 
 A base rate is the share of fluent sampled completions (temperature 1) that show the *desired* behavior: positive
-sentiment, the accurate stance, and for refusal the balanced accuracy, the mean of P(refuse | forbidden) and
-P(comply | benign), beside which the refusal rates per request kind are reported. `instruction=True` puts the
+sentiment; for sycophancy and refusal the joint rate (`study/core/rates.py`), P(correct | wrong claim) x
+P(agree | right claim) and P(refuse | forbidden) x P(comply | benign), beside which the refusal rates per request
+kind are reported. `instruction=True` puts the
 behavior's instruction prefix before every prompt.
 
     summary = summarize(model, tokenizer, World(cfg.world), n_samples=200, prompts_per_context=48)
@@ -13,11 +14,13 @@ behavior's instruction prefix before every prompt.
 
 from __future__ import annotations
 
+import math
 import random
 
+from study.core.rates import joint_rate
 from study.lm.generation import sample
 from study.organism.oracle import Oracle
-from study.organism.world import BEHAVIORS, POS, REQUESTS, World
+from study.organism.world import BEHAVIORS, CLAIMS, POS, REQUESTS, World
 
 
 def decisions(model, tokenizer, world: World, *, prompts_per_context: int = 48, seed: int = 0,
@@ -48,7 +51,7 @@ def _mean(xs: list) -> float | None:
 
 
 def rates(rows: list[dict], world: World) -> dict:
-    """Base rates of the desired behavior per behavior and context (refusal: balanced accuracy), refusal rates per
+    """Base rates of the desired behavior per behavior and context (refusal, sycophancy: joint rate), refusal rates per
     request kind and context, and the share of fluent completions."""
     def fluent(b, c, request=None):
         return [r for r in rows if r["behavior"] == b and r["context"] == c and r["fluent"]
@@ -58,9 +61,12 @@ def rates(rows: list[dict], world: World) -> dict:
     for b in sorted({r["behavior"] for r in rows}, key=BEHAVIORS.index):
         base[b] = {}
         for c in world.contexts:
-            if b == "refusal":
-                parts = [_mean([r["desired"] for r in fluent(b, c, q)]) for q in REQUESTS]
-                base[b][c] = round(sum(parts) / 2, 4) if None not in parts else None
+            if b in ("refusal", "sycophancy"):
+                kinds = REQUESTS if b == "refusal" else CLAIMS
+                key = "request" if b == "refusal" else "claim"
+                parts = [_mean([r["desired"] for r in fluent(b, c) if r[key] == q]) for q in kinds]
+                rate = joint_rate(parts)
+                base[b][c] = None if math.isnan(rate) else round(rate, 4)
             else:
                 base[b][c] = _mean([r["desired"] for r in fluent(b, c)])
     refusal = {q: {c: _mean([r["refused"] for r in fluent("refusal", c, q)]) for c in world.contexts}

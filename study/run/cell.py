@@ -271,6 +271,7 @@ def _run_cell(cell: Cell, progress: Callable[[str], None] | None, work_dir: str 
             result = evaluate(lm, target, intervention, splits=splits, others=others, base=_DRIFT_CACHE.get(key),
                               n_completions=ev.n_completions, temperature=ev.temperature,
                               drift_completions=ev.drift_completions, seed=c["seed"], batch_size=ev.batch_size,
+                              diversity=(ev.diversity_prompts, ev.diversity_samples),
                               progress=lambda s: stage(f"evaluating: {s}"))
         with phase("pristine_check"):
             left = leftovers(lm.model, snap)

@@ -47,7 +47,7 @@ from study.core.provenance import code_fingerprint
 from study.run.study_config import ModelSpec, StudyConfig
 from study.organism.pretrain import OrganismConfig
 from methods import base as methods_base, stacking as methods_stacking
-from methods.registry import resolve
+from methods.registry import part_config, resolve, split_variant
 from study.organism.world import World
 from study.feedback.catalog import resolve_target
 
@@ -166,7 +166,7 @@ def resolve_method(spec: str, method_config: dict[str, dict[str, Any]], source: 
     for name in spec.split("+"):
         name = name.strip()
         cls = resolve(name)
-        cfg = from_dict(cls.Config, method_config.get(name) or {}, source=source, prefix=f"method_config.{name}")
+        cfg = from_dict(cls.Config, part_config(name, method_config), source=source, prefix=f"method_config.{name}")
         parts.append({"name": name, "config": to_dict(cfg), "code": method_code(cls)})
         labels = labels or uses_labels(cls, cfg)
     return {"name": spec, "parts": parts}, labels
@@ -210,6 +210,7 @@ def expand(study: StudyConfig, source: str = "", cache_dir: str | None = None) -
     ceiling = resolve_method(study.ceiling.method, study.method_config, source) if study.ceiling else None
     specs = list(study.methods) + ([study.ceiling.method] if study.ceiling else [])
     named = {p.strip() for spec in specs for p in spec.split("+")}
+    named |= {split_variant(p)[0] for p in named}  # a variant's base method may carry the config it shares
     for key in study.method_config:
         if key not in named:
             raise ConfigError(source, f"method_config.{key}", study.method_config[key],
@@ -233,7 +234,11 @@ def expand(study: StudyConfig, source: str = "", cache_dir: str | None = None) -
                 method, labels = methods[mspec]
                 budgets = study.method_budgets.get(mspec, study.budgets) if labels else (0,)
                 if labels and study.dial_budgets is not None and (a, e, p) != centre:
-                    budgets = study.dial_budgets  # a varied dial: its slope at the dial budgets only
+                    # a varied dial: its slope at the dial budgets only; a method with budgets of its own (prompting
+                    # buys at most a few demonstrations) at its largest one not above each dial budget
+                    own = study.method_budgets.get(mspec)
+                    budgets = tuple(dict.fromkeys(
+                        max([x for x in own if x <= b] or [min(own)]) if own else b for b in study.dial_budgets))
                 for budget in budgets:
                     add({"v": CELL_VERSION, "model": model, **drawn, "method": method, "target": target,
                          "budget": budget, "anticipation": a,

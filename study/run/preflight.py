@@ -25,7 +25,7 @@ from typing import Any
 
 from methods.lora_template import LoraMethod
 from methods.prompting import Prompting, instruction_text
-from methods.registry import resolve
+from methods.registry import part_config, resolve
 from study.core.config import config_file, from_dict
 from study.core.errors import ConfigError, UserError
 from study.feedback.catalog import name_targets, parse_spec, rebase, resolve_target
@@ -142,7 +142,7 @@ def method_parts(study: StudyConfig, source: str) -> list[tuple[str, type, Any]]
     specs = list(study.methods) + ([study.ceiling.method] if study.ceiling else [])
     for name in dict.fromkeys(p.strip() for spec in specs for p in spec.split("+")):
         cls = resolve(name)
-        given = study.method_config.get(name) or {}
+        given = part_config(name, study.method_config)
         for f in dataclasses.fields(cls.Config):
             if f.init and f.name not in given and f.default is dataclasses.MISSING \
                     and f.default_factory is dataclasses.MISSING:

@@ -146,10 +146,13 @@ def _pretrain_one(config: dict[str, Any], cache: str | None, threads: int) -> tu
 
 def _ensure_organisms(cells: list[Cell], console: Console, processes: int = 1) -> None:
     """Pretrain every organism the cells need (each draw), once, here, before workers start (they would race to do
-    it): one after another, or in up to `processes` spawned processes when two or more are missing."""
+    it): one after another, or in spawned processes when two or more are missing (with two or more
+    processes allowed: all at once up to twice that many, each on one thread)."""
     cache = cells[0].cache_dir if cells else None
     missing = [org for org in organisms(cells) if organism_info(org, cache) is None]
-    n = min(processes, len(missing))
+    # k equal one-thread jobs on p cores: k processes finish in k/p rounds' time, p processes in ceil(k/p) rounds (3
+    # draws on 2 cores: 1.5 against 2), so up to 2p draws all start at once
+    n = len(missing) if 2 <= processes and len(missing) <= 2 * processes else min(processes, len(missing))
     if n < 2:
         for org in missing:
             console.print(f"pretraining organism {org.key()} (draw {org.train.seed}, {org.train.steps} steps; cached "

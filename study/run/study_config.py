@@ -53,11 +53,16 @@ class EvalConfig:
     drift: bool = True  # report the other organism targets' drift (side effects)
     drift_completions: int = 1
     batch_size: int = 512
+    diversity_prompts: int = 8  # test prompts sampled `diversity_samples` times for output diversity; 0: none
+    diversity_samples: int = 8
 
     def validate(self) -> None:
         for name in ("n_completions", "drift_completions", "batch_size"):
             check(getattr(self, name) >= 1, name, getattr(self, name), "must be a positive integer")
         check(self.temperature >= 0, "temperature", self.temperature, "must be >= 0")
+        check(self.diversity_prompts >= 0, "diversity_prompts", self.diversity_prompts, "must be >= 0 (0: none)")
+        check(self.diversity_samples >= 2, "diversity_samples", self.diversity_samples,
+              "must be >= 2 (distinct completions among one)")
 
 
 @dataclass(frozen=True)
