@@ -25,6 +25,8 @@ from analysis import claims as C
 from analysis import figures as F
 from analysis import findings as W
 from analysis import metrics as M
+from analysis import overopt as O
+from analysis import prices as P
 from analysis.paired import PairedTests
 from analysis.table import BASE_METHOD, Results, atomic_write_bytes, load_slopes, read_results
 
@@ -280,9 +282,14 @@ def write_report(results_dir: str | Path, out_dir: str | Path, threshold: float 
         held_out = bool(((t["split"] == "uncovered") & (t["anticipation"] >= 1.0)).any())
         lines += W.headline_tables(headline, threshold, unequal)
         lines += W.finding_lines(headline, winners, threshold, held_out, unequal)
+        prices = P.price_sensitivity(t, results.cells, threshold, ref)
+        lines += P.price_lines(prices)
+        overopt = O.overoptimization(t, ref)
+        lines += O.overoptimization_lines(overopt)
         lines += _figure_lines(figs, out, skip=lead)
         summary = {"threshold": threshold, "setup": setup, "models": models, "headline": headline,
-                   "winners": winners, "claims": claims, "notes": notes}
+                   "winners": winners, "claims": claims, "price_sensitivity": prices,
+                   "overoptimization": overopt, "notes": notes}
     for name, path in figs.items():
         if path is None:  # a figure this table cannot support must not survive from an earlier report
             (out / "figures" / f"{name}.png").unlink(missing_ok=True)

@@ -176,6 +176,9 @@ def _behavior_rows(spec: SyntheticSpec, common: dict[str, Any], t: MethodTruth, 
     return rows
 
 
+_KIND = {True: "contrast", False: "compare"}  # the label kind a synthetic method buys (steering: contrast pairs)
+
+
 def _cell(spec: SyntheticSpec, model: int | str, target: str, method: str, budget: int,
           cond: tuple[float, float, float], seed: int, draw: int = 0,
           coverage: str = "anticipation") -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -236,7 +239,9 @@ def _cell(spec: SyntheticSpec, model: int | str, target: str, method: str, budge
             samples.append({"kind": "slope", "prompt_id": f"p{i}", "context": f"ctx{i % 4}",
                             "slope": sample_slope(t, i, seed)})
     cell = {"run_id": run_id, "status": "ok", "error": None, "config": config,
-            "provenance": {"git_sha": "0000000", "versions": {"analysis": "synthetic"}}, "rows": rows}
+            "provenance": {"git_sha": "0000000", "versions": {"analysis": "synthetic"},
+                           "labels": {"counts": {} if is_base else {_KIND[t.steering]: budget},
+                                      "costs": {} if is_base else {_KIND[t.steering]: cost}}}, "rows": rows}
     return cell, samples
 
 

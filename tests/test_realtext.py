@@ -259,3 +259,11 @@ def test_a_demonstration_is_one_of_the_base_models_own_samples(tiny_smollm2):
     readable = [c for c in samples if SENT.grade(prompt, c) is not None]
     if readable:
         assert SENT.grade(prompt, demo) == max(SENT.grade(prompt, c) for c in readable)
+
+
+def test_a_real_text_target_on_the_organism_is_refused_before_anything_runs():
+    from study.run.preflight import preflight
+    from study.run.study_config import load_study
+
+    with pytest.raises(UserError, match="real_sentiment.*English text for a real language model"):
+        preflight(load_study("micro", ["targets=[sentiment, real_sentiment]"]))

@@ -112,6 +112,16 @@ def test_trained_method_adapter(lm, tmp_path, name, budget, config, trainer):
     with again, torch.no_grad():
         assert torch.equal(lm[0].model(input_ids=ids).logits, inside)
     assert_base_exactly(lm, before)
+    if name == "lora_sft":  # memorization: the share of test completions that repeat a demonstration word for word
+        assert 0 < len(iv.demonstrations) == iv.chosen["distinct_demonstrations"] <= iv.chosen["demonstrations"]
+        splits = ctx.target.splits(0.5, 0)
+        with iv.session():
+            rows, _ = iv.extra_metrics(lm[0], ctx.target, splits)
+        got = {(r["split"], r["metric"]): r for r in rows}
+        assert set(got) == {(sp, m) for sp in ("covered", "uncovered") for m in ("memorized", "memorized_base")}
+        assert all(0.0 <= r["value"] <= 1.0 for r in rows)
+        assert got[("covered", "memorized")]["n"] == len(splits.test_covered)
+        assert_base_exactly(lm, before)
 
 
 def test_selection_spends_the_rest_of_the_budget(lm):

@@ -30,6 +30,8 @@ from study.core.config import config_file, from_dict
 from study.core.errors import ConfigError, UserError
 from study.feedback.catalog import name_targets, parse_spec, rebase, resolve_target
 from study.feedback.external import unknown_share
+from study.feedback.realtext import REAL_TARGETS
+from study.feedback.targets import ORGANISM_TARGETS
 from study.lm.architectures import lora_target_modules
 from study.lm.smollm2 import is_named_model
 from study.organism.pretrain import build_tokenizer
@@ -197,5 +199,10 @@ def preflight(study: StudyConfig, source: str = "", overrides: list[str] | tuple
     on_organism = any(m.path == "organism" for m in specs)
     tokenizer = build_tokenizer(world) if external and on_organism else None
     for spec in study.targets:
+        if on_organism and spec in REAL_TARGETS:
+            raise UserError(f"target {spec!r} is English text for a real language model; the organism reads and "
+                            f"writes only the words of its world, so every score would be chance. Run it on a Hugging "
+                            f"Face model (e.g. models: [smollm2-135m], as study/configs/real_cpu.yaml does), or use "
+                            f"the organism's targets: {', '.join(ORGANISM_TARGETS)}")
         _check_target(spec, study, world, parts, tokenizer)
     return study
