@@ -33,11 +33,12 @@ def _winner(recs: list[Rec], value: Callable[[Rec], Rec | None], higher: bool) -
     best, rec = scored[0]
     single = any(v.get("n", 2) < 2 for v, _ in scored[:2])  # one replicate: no test, nothing is clear
     out = {"method": rec["method"], "value": best["mean"], "lo": best["lo"], "hi": best["hi"], "runner_up": None,
-           "clear": False, "single_seed": single, "_budget": rec["budget"], "_model_id": rec["model_id"]}
+           "clear": False, "single_seed": single, "_budget": best.get("budget", rec["budget"]),
+           "_model_id": rec["model_id"]}
     if len(scored) > 1:
         second, rec2 = scored[1]
         out["runner_up"], out["runner_up_value"] = rec2["method"], second["mean"]
-        out["_runner_up_budget"] = rec2["budget"]
+        out["_runner_up_budget"] = second.get("budget", rec2["budget"])  # a slope's own budget (dial_budgets)
         out["tied"] = round(best["mean"], 12) == round(second["mean"], 12)
     return out
 

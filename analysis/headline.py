@@ -157,10 +157,13 @@ def headline(s: Stats) -> list[Rec]:
         rec["slopes"] = {}
         for dial, frames in slopes.items():
             f = frames.get(mk, empty)
+            # a dial varied at `dial_budgets` only has its slope there: the largest such budget, else this one
+            at = budget if any(r["budget"] == budget for r in f) else max((r["budget"] for r in f), default=budget)
             per = {}
             for sp in SPLITS:
-                r = _pick(f, split=sp, budget=budget)
-                per[sp] = None if r is None else _ci(r, "slope") | {"x_min": r["x_min"], "x_max": r["x_max"]}
+                r = _pick(f, split=sp, budget=at)
+                per[sp] = None if r is None else _ci(r, "slope") | {"x_min": r["x_min"], "x_max": r["x_max"],
+                                                                    "budget": int(at)}
             rec["slopes"][dial] = per
         side = _pick(sides.get(mk, empty), budget=budget)
         rec["side_effects"] = {c: _ci(side, c) for c in ("gain", "kl", "fluency_loss", "drift", "kl_per_pt",

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from analysis import choices as S
 from analysis import claims as C
 from analysis import figures as F
 from analysis import findings as W
@@ -286,10 +287,12 @@ def write_report(results_dir: str | Path, out_dir: str | Path, threshold: float 
         lines += P.price_lines(prices)
         overopt = O.overoptimization(t, ref)
         lines += O.overoptimization_lines(overopt)
+        choices = S.steering_choices(results.cells, ref)
+        lines += S.choice_lines(choices)
         lines += _figure_lines(figs, out, skip=lead)
         summary = {"threshold": threshold, "setup": setup, "models": models, "headline": headline,
                    "winners": winners, "claims": claims, "price_sensitivity": prices,
-                   "overoptimization": overopt, "notes": notes}
+                   "overoptimization": overopt, "steering_choices": choices, "notes": notes}
     for name, path in figs.items():
         if path is None:  # a figure this table cannot support must not survive from an earlier report
             (out / "figures" / f"{name}.png").unlink(missing_ok=True)

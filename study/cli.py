@@ -231,6 +231,41 @@ def report(results: Annotated[str, typer.Option(help="Results directory of a stu
         typer.echo(f"wrote {Path(out) / 'REPORT.md'}")
 
 
+@app.command()
+def compare(a: Annotated[str, typer.Option(help="A report's summary.json (e.g. the organism's).")],
+            b: Annotated[str, typer.Option(help="Another report's summary.json (e.g. SmolLM2's).")],
+            pair: Annotated[list[str], typer.Option(help="target_in_a=target_in_b, repeatable.")],
+            out: Annotated[str, typer.Option(help="The markdown file to write.")],
+            names: Annotated[str, typer.Option(help="Display names of the two, comma-separated.")] = "A,B"):
+    """Two reports side by side on matching targets: held-out gain and cost to threshold per method, and whether the
+    rankings agree (analysis.compare). No model is run."""
+    import json
+
+    with user_errors():
+        pairs = {}
+        for p in pair:
+            left, sep, right = p.partition("=")
+            if not sep or not left or not right:
+                raise UserError(f"--pair {p!r}: expected target_in_a=target_in_b, e.g. sentiment=real_sentiment")
+            pairs[left] = right
+        summaries = []
+        for opt, path in (("--a", a), ("--b", b)):
+            try:
+                summaries.append(json.loads(Path(path).read_text()))
+            except (OSError, ValueError) as exc:
+                raise UserError(f"{opt} {path}: not a readable summary.json ({exc}); run `study report` first") \
+                    from None
+        label = tuple(x.strip() for x in names.split(","))
+        if len(label) != 2 or not all(label):
+            raise UserError(f"--names {names!r}: expected two names, comma-separated")
+        _check_out(Path(out).parent)
+        from analysis.compare import compare as compare_reports
+
+        lines, _ = compare_reports(summaries[0], summaries[1], pairs, label)  # type: ignore[arg-type]
+        Path(out).write_text("\n".join(lines) + "\n")
+        typer.echo(f"wrote {out}")
+
+
 def _check_out(out: Path) -> None:
     """--out must be a folder we can write, or one we can create; checked before anything is written."""
     existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
