@@ -33,6 +33,8 @@ def _cost(h: dict[str, Any]) -> dict[str, Any]:
 def _fmt(g: dict[str, Any]) -> str:
     if g["mean"] is None:
         return "-"
+    if (g["n"] or 0) < 2:
+        return f"{g['mean']:+.2f} (one run)"
     ci = "" if g["lo"] is None or g["hi"] is None else f" [{g['lo']:+.2f}, {g['hi']:+.2f}]"
     return f"{g['mean']:+.2f}{ci} (n {g['n']})"
 
@@ -93,6 +95,11 @@ def _verdict(rows: list[dict[str, Any]], names: tuple[str, str]) -> str:
     ga = np.array([r["gain_a"]["mean"] for r in ok])
     gb = np.array([r["gain_b"]["mean"] for r in ok])
     rho = spearman(ga, gb)
+    single = [n for n, side in zip(names, ("gain_a", "gain_b")) if any((r[side]["n"] or 0) < 2 for r in ok)]
+    tied = [n for n, g in zip(names, (ga, gb)) if np.ptp(g) == 0]
+    if tied:
+        return (f"Every method's held-out gain is the same on {' and '.join(tied)} ({len(ok)} methods): no ranking "
+                f"to compare" + (f" (one run on {' and '.join(single)})." if single else "."))
     best_a, best_b = ok[int(np.argmax(ga))], ok[int(np.argmax(gb))]
     same = best_a["method"] == best_b["method"]
     clear = all(not _overlap(best_a["gain_a"], r["gain_a"]) for r in ok if r is not best_a) and all(
@@ -101,6 +108,10 @@ def _verdict(rows: list[dict[str, Any]], names: tuple[str, str]) -> str:
             f"{rho:+.2f}" if math.isfinite(rho) else "The held-out gains are tied in one study: no rank correlation")
     text += (f"; the largest gain is {best_a['method']}'s in both" if same else
              f"; the largest gain is {best_a['method']}'s on {names[0]} and {best_b['method']}'s on {names[1]}")
-    text += (". The top method's interval separates from the others' in both studies." if clear else
-             ". Intervals overlap, so the rankings are not established by these runs.")
+    if single:
+        text += (f". One run per method on {' and '.join(single)}: no interval, so the rankings are not established "
+                 "by these runs.")
+    else:
+        text += (". The top method's interval separates from the others' in both studies." if clear else
+                 ". Intervals overlap, so the rankings are not established by these runs.")
     return text

