@@ -239,7 +239,6 @@ def compare(a: Annotated[str, typer.Option(help="A report's summary.json (e.g. t
             names: Annotated[str, typer.Option(help="Display names of the two, comma-separated.")] = "A,B"):
     """Two reports side by side on matching targets: held-out gain and cost to threshold per method, and whether the
     rankings agree (analysis.compare). No model is run."""
-    import json
 
     with user_errors():
         pairs = {}
@@ -259,7 +258,7 @@ def compare(a: Annotated[str, typer.Option(help="A report's summary.json (e.g. t
         if len(label) != 2 or not all(label):
             raise UserError(f"--names {names!r}: expected two names, comma-separated")
         _check_out(Path(out).parent)
-        from analysis.compare import compare as compare_reports
+        from analysis.compare import compare as compare_reports  # lazy: pandas is not needed by the other commands
 
         lines, _ = compare_reports(summaries[0], summaries[1], pairs, label)  # type: ignore[arg-type]
         Path(out).write_text("\n".join(lines) + "\n")

@@ -278,11 +278,12 @@ TRAINED = ("lora_sft", "dpo", "rlhf", "bon")
 # configs must leave them exactly so. (lora_sft and dpo: 8 passes in batches of 4, floor 4, cap 200, since the fair
 # training-length rule; before it, 6 and 4 passes in batches of 16 with a floor of 12 steps.)
 DEFAULTS = {
-    "lora_sft": dict(alpha=16.0, batch_size=4, epochs=8.0, learning_rate=3e-3, max_steps=200, min_steps=4,
-                     precision="auto", rank=8, select_share=0.25, snapshots=[0.25, 0.5, 0.75, 1.0]),
-    "dpo": dict(alpha=16.0, batch_size=4, beta=0.1, epochs=8.0, learning_rate=1e-3, max_steps=200, min_steps=4,
-                precision="auto", rank=8, select_share=0.25, snapshots=[0.25, 0.5, 0.75, 1.0], temperature=1.0,
-                train_on_ties=False),
+    "lora_sft": dict(alpha=16.0, batch_size=4, epochs=8.0, labels="demonstrations", learning_rate=3e-3,
+                     max_steps=200, min_steps=4, precision="auto", rank=8, select_share=0.25,
+                     snapshots=[0.25, 0.5, 0.75, 1.0]),
+    "dpo": dict(alpha=16.0, batch_size=4, beta=0.1, epochs=8.0, labels="comparisons", learning_rate=1e-3,
+                max_steps=200, min_steps=4, precision="auto", rank=8, select_share=0.25,
+                snapshots=[0.25, 0.5, 0.75, 1.0], temperature=1.0, train_on_ties=False),
     "rlhf": dict(alpha=16.0, batch_size=32, kl_coef=0.5, learning_rate=3e-3, num_generations=4, precision="auto",
                  rank=8, rm_epochs=16.0, rm_learning_rate=3e-3, rm_rank=8, select_share=0.25,
                  snapshots=[0.25, 0.5, 0.75, 1.0], steps=40, temperature=1.0, train_on_ties=False, trainer="rloo"),
@@ -306,7 +307,7 @@ BAD_SHARED = [
     {"batch_size": 0}, {"min_steps": 10, "max_steps": 5}, {"min_steps": 0}, {"select_share": 1.0},
     {"select_share": -0.1}, {"learning_rate": 0.0}, {"epochs": 0.0}, {"rank": 0}, {"alpha": 0.0},
     {"snapshots": (0.5, 1.5)}, {"precision": "fp16"}, {"temperature": 0.0}, {"rm_learning_rate": -1e-3},
-    {"rm_epochs": 0.0}, {"rm_rank": 0},
+    {"rm_epochs": 0.0}, {"rm_rank": 0}, {"labels": "essays"},
 ]
 
 
