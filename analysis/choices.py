@@ -29,7 +29,9 @@ def steering_choices(cells: dict[str, dict[str, Any]], ref: dict[str, float]) ->
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for cell in cells.values():
         cfg, chosen = cell.get("config") or {}, (cell.get("provenance") or {}).get("chosen")
-        if not isinstance(chosen, dict) or "layers" not in chosen or cfg.get("coverage", "anticipation") != "anticipation":
+        if not isinstance(chosen, dict) or "layers" not in chosen:
+            continue
+        if cfg.get("coverage", "anticipation") != "anticipation":  # ceiling cells are not a condition
             continue
         if any(dial in ref and _at(cfg, path) != ref[dial] for dial, path in REF_KEYS.items()):
             continue
@@ -38,12 +40,13 @@ def steering_choices(cells: dict[str, dict[str, Any]], ref: dict[str, float]) ->
     rows = []
     for (model, target, method), chosen in sorted(groups.items()):
         steered = [c for c in chosen if c.get("layers")]
+        windows = Counter("all" if c.get("window") is None else str(c["window"]) for c in steered)
         layers = Counter("+".join(map(str, c["layers"])) for c in steered)
         rows.append({"model": model, "target": target, "method": method, "cells": len(chosen),
                      "base_stood": len(chosen) - len(steered), "layers": dict(layers.most_common()),
                      "position": Counter(str(c.get("position")) for c in steered).most_common(1)[0][0]
                      if steered else None,
-                     "window": Counter("all" if c.get("window") is None else str(c["window"]) for c in steered).most_common(1)[0][0] if steered else None,
+                     "window": windows.most_common(1)[0][0] if steered else None,
                      "strength_median": statistics.median(float(c.get("strength") or 0.0) for c in steered)
                      if steered else None})
     return rows

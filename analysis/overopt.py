@@ -59,8 +59,8 @@ def overoptimization_lines(rows: list[dict[str, Any]]) -> list[str]:
              "Over-optimization reads as the learned reward rising with KL while the true reward does not.", ""]
     for (model, target), grp in frame.groupby(["model", "target"], sort=True):
         lines += [f"### {target}" + (f" ({model})" if frame["model"].nunique() > 1 else ""), "",
-                  "| method | budget | KL (nats/token) | learned reward, covered | true reward, covered | learned reward, "
-                  "RL last quarter | true reward, RL last quarter | n |", "| --- " * 8 + "|"]
+                  "| method | budget | KL (nats/token) | learned reward, covered | true reward, covered | "
+                  "learned reward, RL last quarter | true reward, RL last quarter | n |", "| --- " * 8 + "|"]
         for r in grp.itertuples(index=False):
             lines.append(f"| {r.method} | {r.budget} | {f(r.kl)} | {f(r.learned_reward_covered)} | "
                          f"{f(r.true_reward_covered)} | {f(r.learned_reward_rl_last)} | {f(r.true_reward_rl_last)} | "

@@ -5,8 +5,9 @@ loaded in bfloat16, on the real_sentiment target, through the study runner as an
 A random-init model's logits are the stress case for bf16 sampling (flat and wide); TRL samples from them inside the RL
 loop, where a non-finite probability was a CUDA device-side assert before the float32 logits guard
 (`study.lm.generation.finite_float32_logits`). The cell runs where the study would run it (a GPU when one is
-visible, else the CPU): on a CPU the same guard runs, and the GPU run is the check to repeat when one is lent. Needs the converted SmolLM2 folder in the cache (`study run real_cpu` makes it)
-for its config and tokenizer; its weights are not used.
+visible, else the CPU): on a CPU the same guard runs, and the GPU run is the check to repeat when one is lent. Needs
+the converted SmolLM2 folder in the cache (`study run real_cpu` makes it) for its config and tokenizer; its weights
+are not used.
 
     python benchmarks/bench_bf16_rl.py                       # bf16; writes benchmarks/results/bf16_rl.json
     python benchmarks/bench_bf16_rl.py --output /tmp/bf16_gpu.json   # on a GPU machine
