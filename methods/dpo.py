@@ -69,8 +69,11 @@ class DPO(LoraMethod):
     def make_trainer(self, ctx: FitContext, data: Any, steps: int, out_dir: Path, callbacks: list) -> Any:
         from trl import DPOConfig, DPOTrainer
 
+        # The reference (the base: adapter off) is fixed, so its log-probabilities are computed once for every pair
+        # before training instead of once per step (the same values; a quarter fewer forward passes per step).
         args = self.trainer_args(DPOConfig, ctx, out_dir, steps, beta=self.config.beta, max_length=None,
-                                 per_device_train_batch_size=min(self.config.batch_size, len(data)))
+                                 per_device_train_batch_size=min(self.config.batch_size, len(data)),
+                                 precompute_ref_log_probs=True, precompute_ref_batch_size=64)
         return DPOTrainer(args=args, **self.trainer_inputs(ctx, data, callbacks))
 
     def summary(self, trainer: Any, data: Any) -> dict[str, Any]:

@@ -344,11 +344,14 @@ def reliability(lm: Any, target: Any, splits: Any, steering: SteeringInterventio
         chunk = recs[s:s + 256]
         scorer = PairScorer(lm, prompts[s:s + 256], [r.positive for _, r in chunk], [r.negative for _, r in chunk],
                             fixed, reuse_prefix=not steering.all_positions)
+        seen: dict[float, list[float]] = {}  # a multiplier on both grids (0, and +-1 at a chosen strength of 1) once
         for g, multipliers in grids.items():
             for m in multipliers:
-                pos, neg = scorer(Stacked([*others, steering.with_multiplier(m)]))
-                for i, (a, b) in enumerate(zip(pos, neg)):
-                    lds[g][s + i].append(a - b)
+                if m not in seen:
+                    pos, neg = scorer(Stacked([*others, steering.with_multiplier(m)]))
+                    seen[m] = [a - b for a, b in zip(pos, neg)]
+                for i, d in enumerate(seen[m]):
+                    lds[g][s + i].append(d)
     slopes = {"chosen": _slopes(fractions, lds["chosen"])}
     if "fixed" in grids:
         slopes["fixed"] = _slopes(list(FIXED_STRENGTHS), lds["fixed"])

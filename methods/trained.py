@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from methods.adapter_slot import release, slot_of
 from methods.base import FitContext, Intervention
 from methods.trl_presets import silence_trainer
 from study.core.config import check
@@ -228,6 +229,7 @@ def train_adapter(model: Any, make_trainer: Any, snapshots: list[int]) -> Traine
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     store: dict[int, dict] = {}
+    release(model)  # an adapter parked by an earlier part of the cell (methods.adapter_slot)
     with isolated_training(model):
         with phase("trainer_build"):
             trainer = silence_trainer(make_trainer([snapshot_callback(snapshots, store)]))
@@ -316,11 +318,21 @@ class LoraIntervention(AttachedOnce):
         self.model, self.peft_config, self.state = model, peft_config, state or {}
         self.chosen = dict(chosen or {})
         self._name = f"rvs_{id(self):x}"
+        self._adapter, self._parked = self._name, False
 
     def _attach(self) -> None:
         from peft import inject_adapter_in_model, set_peft_model_state_dict
         from peft.tuners.tuners_utils import BaseTunerLayer
 
+        slot, signature = slot_of(self.model), json.dumps(self.peft_config.to_dict(), sort_keys=True, default=str)
+        if slot is not None and slot.name is not None and not slot.busy:
+            if slot.signature == signature:  # load into the parked layers (methods.adapter_slot)
+                self._flags, self._had_cfg, self._adapter = slot.owner["flags"], slot.owner["had_cfg"], slot.name
+                self._load(set_peft_model_state_dict)
+                self._resume()
+                slot.busy, self._parked = True, True
+                return
+            slot.clear()  # another config: strip it and inject anew
         if any(isinstance(m, BaseTunerLayer) for m in self.model.modules()):
             raise RuntimeError("another adapter is already active on this model: stack at most one adapter method "
                                "(e.g. dpo+steering, not dpo+lora_sft)")
@@ -328,14 +340,22 @@ class LoraIntervention(AttachedOnce):
         cfg.inference_mode = True
         self._flags = {n: p.requires_grad for n, p in self.model.named_parameters()}
         self._had_cfg = "peft_config" in self.model.__dict__
+        self._adapter = self._name
         inject_adapter_in_model(cfg, self.model, adapter_name=self._name)
+        self._load(set_peft_model_state_dict)
+        self._parked = slot is not None
+        if slot is not None:
+            slot.name, slot.signature, slot.busy = self._name, signature, True
+            slot.owner, slot.strip = {"flags": self._flags, "had_cfg": self._had_cfg}, self._strip
+
+    def _load(self, set_state: Any) -> None:
         try:
-            result = set_peft_model_state_dict(self.model, self.state, adapter_name=self._name)
+            result = set_state(self.model, self.state, adapter_name=self._adapter)
         except BaseException:
-            self._detach()
+            self._strip()
             raise
         if result.unexpected_keys:
-            self._detach()
+            self._strip()
             raise RuntimeError(f"adapter weights do not fit the model: unexpected keys {result.unexpected_keys[:3]}")
 
     def _layers(self) -> list:
@@ -354,6 +374,14 @@ class LoraIntervention(AttachedOnce):
                 getattr(m, name).requires_grad_(False)
 
     def _detach(self) -> None:
+        slot = slot_of(self.model)
+        if self._parked and slot is not None and slot.name == self._adapter:
+            self._suspend()  # parked: inert until the next adapter of this config, stripped at the scope's end
+            slot.busy = False
+            return
+        self._strip()
+
+    def _strip(self) -> None:
         strip_adapters(self.model)
         if not self._had_cfg:
             self.model.__dict__.pop("peft_config", None)

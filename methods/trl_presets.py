@@ -38,6 +38,7 @@ def quiet() -> None:
     transformers.logging.disable_progress_bar()
     logging.getLogger("accelerate").setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # DPOTrainer's reference pass draws a tqdm bar otherwise
 
 
 def use_bf16(device: str, precision: str = "auto") -> bool:

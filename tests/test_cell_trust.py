@@ -92,7 +92,7 @@ def test_code_fingerprint_covers_the_methods_file_and_its_helpers_only(tmp_path,
     # the modules hashed: the method's file, the `methods` modules it draws on, and always base and stacking
     mods = lambda name: code_modules(resolve(name), ("methods",), (methods_base, methods_stacking))  # noqa: E731
     # steering buys comparisons through methods.trained when `labels: comparisons` (a label-type crossing)
-    assert mods("steering") == ["methods.base", "methods.selection", "methods.stacking", "methods.steering",
+    assert mods("steering") == ["methods.adapter_slot", "methods.base", "methods.selection", "methods.stacking", "methods.steering",
                                 "methods.steering_vectors", "methods.trained", "methods.trl_presets"]
     assert {"methods.trained", "methods.selection", "methods.trl_presets"} <= set(mods("dpo"))
     assert "methods.dpo" not in mods("steering") and "methods.steering" not in mods("none")

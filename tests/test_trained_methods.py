@@ -348,3 +348,29 @@ def test_chosen_names_the_adapted_modules(lm):
     iv, _ = fit("lora_sft", lm, 8, min_steps=2, max_steps=2, batch_size=2, rank=4, snapshots=(1.0,))
     assert_records_adapter(iv, lm[0].model, rank=4)
     assert iv.chosen["trainable_parameters"] == sum(v.numel() for v in iv.state.values())
+
+
+def test_dpo_reference_log_probs_are_the_base_models_computed_once(lm, monkeypatch):
+    """DPO's reference is the base model (adapter off), fixed, so TRL computes its log-probabilities once before
+    training: every pair carries them, and they are the base model's teacher-forced log-probabilities."""
+    import trl
+
+    from study.lm.logprobs import continuation_logprobs
+
+    seen = []
+    real = trl.DPOTrainer.__init__
+
+    def grab(self, *a, **k):
+        real(self, *a, **k)
+        seen.append(self)
+
+    monkeypatch.setattr(trl.DPOTrainer, "__init__", grab)
+    fit("dpo", lm, 40, **FAST)
+    data = seen[0].train_dataset
+    assert {"ref_chosen_logps", "ref_rejected_logps"} <= set(data.column_names) and len(data) > 0
+    model, tok = lm[0].model, lm[0].tokenizer
+    for side in ("chosen", "rejected"):
+        base = []
+        for logp, ids, mask in continuation_logprobs(model, tok, data["prompt"], data[side]):
+            base += (logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask).sum(-1).tolist()
+        assert data[f"ref_{side}_logps"] == pytest.approx(base, abs=1e-4)

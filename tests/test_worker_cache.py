@@ -136,3 +136,57 @@ def test_study_run_profile_stores_phase_timings(tmp_path, micro_organism, monkey
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_a_cell_that_imports_settles_the_heap_and_forget_returns_it(micro_organism, monkeypatch):
+    import gc
+
+    cell = _cells("[none]", "[0]")[0]
+    forget()
+    cell_mod._MODULES_SETTLED = 0  # as in a fresh worker
+    assert run_cell(cell).status == "ok"
+    assert gc.get_freeze_count() > 0 and cell_mod._MODULES_SETTLED == len(sys.modules)
+    freezes = []
+    real = gc.freeze
+    monkeypatch.setattr(gc, "freeze", lambda: freezes.append(1) or real())
+    n = len(sys.modules)
+    assert run_cell(cell).status == "ok"
+    assert (freezes == []) == (len(sys.modules) == n)  # settles again only after new imports
+    forget()
+    assert gc.get_freeze_count() == 0
+
+
+def test_a_cells_adapters_take_turns_in_one_injection_and_the_scope_strips_them(micro_lm, monkeypatch):
+    import peft
+
+    from methods.adapter_slot import parking
+    from methods.trained import LoraIntervention
+    from study.lm.generation import generate
+    from study.run.pristine import leftovers, snapshot
+
+    lm, _ = micro_lm
+    model = lm.model
+    cfg = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])
+    snap = snapshot(model)
+    g = torch.Generator().manual_seed(1)
+    probe = LoraIntervention(model, cfg, {})  # the adapter's key names and shapes, from one injection
+    with probe:
+        keys = {k: v.shape for k, v in peft.get_peft_model_state_dict(model, adapter_name=probe._name).items()}
+    states = [{k: torch.randn(s, generator=g) * 0.3 for k, s in keys.items()} for _ in range(2)]
+    prompts = ["review of hotel : the bed was"] * 3
+    kw = dict(n=2, temperature=1.0, max_new_tokens=6, seed=3)
+    alone = [generate(model, lm.tokenizer, prompts, LoraIntervention(model, cfg, s), **kw) for s in states]
+    base = generate(model, lm.tokenizer, prompts, None, **kw)
+    assert alone[0] != alone[1]
+    injected = []
+    real = peft.inject_adapter_in_model
+    monkeypatch.setattr(peft, "inject_adapter_in_model", lambda *a, **k: injected.append(1) or real(*a, **k))
+    with parking(model):
+        a, b = (LoraIntervention(model, cfg, s) for s in states)
+        turns = [generate(model, lm.tokenizer, prompts, iv, **kw) for iv in (a, b, a)]
+        between = generate(model, lm.tokenizer, prompts, None, **kw)  # parked layers are inert
+        other = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["k_proj"])  # another config: injected anew
+        with LoraIntervention(model, other, {}):
+            pass
+    assert turns == [alone[0], alone[1], alone[0]] and between == base and len(injected) == 2
+    assert leftovers(model, snap) == [] and "peft_config" not in model.__dict__

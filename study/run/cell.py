@@ -33,17 +33,21 @@ score, kl, drift_baseline, ..., `other` for what no phase claims).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 import traceback
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from methods.adapter_slot import parking
 from methods.base import Stacked
 from methods.registry import resolve
 from methods.stacking import fit_parts
@@ -152,6 +156,23 @@ def forget() -> None:
     """Drop everything this process keeps between cells (the model, its snapshot, the drift baselines)."""
     _MODEL_CACHE.clear()
     _DRIFT_CACHE.clear()
+    gc.unfreeze()  # what _settle froze may now be garbage
+
+
+_MODULES_SETTLED = 0  # len(sys.modules) when the heap was last frozen
+
+
+def _settle() -> None:
+    """After a cell that imported modules: collect, then move every live object (modules, the cached model, splits
+    and baselines) to the permanent generation. Each trainer's end (accelerate's `clear_device_cache`) and every
+    automatic full collection then scans only the objects of the cells since: about 0.2 s less per trainer in a
+    worker holding torch, transformers and TRL (440,000 tracked objects). Cells' own cyclic garbage is still
+    collected; only what is live at a settle is exempt, and `forget` returns it to the collector."""
+    global _MODULES_SETTLED
+    if len(sys.modules) != _MODULES_SETTLED:
+        gc.collect()
+        gc.freeze()
+        _MODULES_SETTLED = len(sys.modules)
 
 
 def _target(cell: Cell, world: Any) -> tuple[Any, list[Any]]:
@@ -208,11 +229,19 @@ def run_cell(cell: Cell, progress: Callable[[str], None] | None = None, work_dir
         profile = os.environ.get(PROFILE_ENV, "").strip().lower() in ("1", "true", "yes")
     with timing(profile) as timer:
         result = _run_cell(cell, progress, work_dir)
+    _settle()
     if timer is not None:
         phases = timer.seconds()
         phases["other"] = round(result.provenance["durations"]["total"] - sum(phases.values()), 3)
         result.provenance["phases"] = phases
     return result
+
+
+def _close(scope: ExitStack) -> None:
+    try:
+        scope.close()
+    except Exception:  # noqa: BLE001 - a failed strip shows in the leftovers check that follows
+        pass
 
 
 def _run_cell(cell: Cell, progress: Callable[[str], None] | None, work_dir: str | Path | None) -> CellResult:
@@ -227,6 +256,7 @@ def _run_cell(cell: Cell, progress: Callable[[str], None] | None, work_dir: str 
     samples: list[dict[str, Any]] = []
     scratch = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix=f"cell-{cell.run_id}-"))
     status, error, retire, snap, lm, contexts = "ok", None, None, None, None, None
+    adapters = ExitStack()
     try:
         import torch  # heavy: loaded in the worker, not by `study --help`
 
@@ -257,6 +287,7 @@ def _run_cell(cell: Cell, progress: Callable[[str], None] | None, work_dir: str 
         durations["target"] = time.perf_counter() - t
 
         t = time.perf_counter()
+        adapters.enter_context(parking(lm.model))  # the cell's adapters share one injection until the check
         with phase("fit"):
             intervention = fit_parts(_parts(cell), lm, target, labeler, splits, c["seed"], scratch, stage)
         durations["fit"] = time.perf_counter() - t
@@ -273,6 +304,7 @@ def _run_cell(cell: Cell, progress: Callable[[str], None] | None, work_dir: str 
                               drift_completions=ev.drift_completions, seed=c["seed"], batch_size=ev.batch_size,
                               diversity=(ev.diversity_prompts, ev.diversity_samples),
                               progress=lambda s: stage(f"evaluating: {s}"))
+        adapters.close()
         with phase("pristine_check"):
             left = leftovers(lm.model, snap)
         if left:  # checked before the drift baseline is kept: a leftover hook may have skewed it
@@ -305,6 +337,7 @@ def _run_cell(cell: Cell, progress: Callable[[str], None] | None, work_dir: str 
         if not rows:
             raise RuntimeError("the evaluation returned no metrics")
     except Exception as exc:  # the cell failed; the study goes on
+        _close(adapters)  # parked adapter layers stripped before the leftovers check below
         status = "failed"
         error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000]
         prov["traceback"] = traceback.format_exc()[-8000:]
@@ -325,6 +358,7 @@ def _run_cell(cell: Cell, progress: Callable[[str], None] | None, work_dir: str 
             forget()
             prov["worker_retired"] = retire
     finally:
+        _close(adapters)  # an interrupt too
         with phase("cleanup"):
             shutil.rmtree(scratch, ignore_errors=True)
     durations["total"] = time.perf_counter() - t0
