@@ -32,8 +32,8 @@ def _cells(methods: str, budgets: str = "[16]") -> list:
     return expand(study, "micro", CACHE)
 
 
-def test_a_worker_loads_its_model_once_and_the_second_cell_equals_a_fresh_process(micro_organism, monkeypatch):
-    torch.set_num_threads(1)
+def test_a_worker_loads_its_model_once_and_the_second_cell_equals_a_fresh_process(micro_organism, monkeypatch,
+                                                                                  one_thread):
     first, second = _cells("[none, lora_sft]")
     loads = []
     real = cell_mod._load
