@@ -6,6 +6,7 @@ Cells run on the micro organism (tests/conftest.py).
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -73,7 +74,7 @@ def test_lora_is_injected_once_per_session_and_the_base_model_is_back_after(micr
     from study.run.pristine import leftovers, snapshot
 
     lm, _ = micro_lm
-    model = lm.model
+    model = copy.deepcopy(lm.model)  # get_peft_model freezes and tags the model it wraps: not the session's model
     cfg = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])
     torch.manual_seed(0)
     trained = peft.get_peft_model(model, cfg)
