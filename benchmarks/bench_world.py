@@ -10,6 +10,11 @@ an earlier episode.
 
     python benchmarks/bench_world.py                                   # the default organism (pretrains if needed)
     python benchmarks/bench_world.py --cache /tmp/orgcache_v2 --prompts 48 --out benchmarks/results/world.json
+    python benchmarks/bench_world.py --study default --prompts 96   # every organism draw of a study config
+
+With `--study`, each organism draw the study's cells use (from its cache) is measured in turn, and a last table gives
+per behavior and draw the range of the base rate over contexts and how many contexts lie in 0.25-0.65: the base-rate
+item of the targets' acceptance, read from many prompts per context instead of the study's test samples.
 """
 
 from __future__ import annotations
@@ -73,17 +78,42 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--study", default=None, help="measure every organism draw of this study config (name or path)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    cfg = OrganismConfig()
+    configs = study_organisms(a.study, a.cache) if a.study else [OrganismConfig()]
+    results = [measure(cfg, a) for cfg in configs]
+    if len(results) > 1:
+        print("\nbase rate over contexts per draw (range; contexts in 0.25-0.65):")
+        for b in BEHAVIORS:
+            for cfg, r in zip(configs, results):
+                vals = [v for v in r["base"]["base_rates"][b].values() if v is not None]
+                inside = sum(0.25 <= v <= 0.65 for v in vals)
+                print(f"  {b:10s} draw {cfg.train.seed}: {min(vals):.2f}-{max(vals):.2f}  {inside}/{len(vals)}")
+    if a.out:
+        Path(a.out).write_text(json.dumps(results[0] if len(results) == 1 else results, indent=2, sort_keys=True))
+
+
+def study_organisms(name: str, cache: str | None) -> list[OrganismConfig]:
+    """The organism configs (one per draw) of study config `name`."""
+    from study.run.grid import expand, organisms
+    from study.run.study_config import load_study
+
+    sets = [f"cache_dir={cache}"] if cache else []
+    return organisms(expand(load_study(name, sets), name))
+
+
+def measure(cfg: OrganismConfig, a: argparse.Namespace) -> dict:
     world = World(cfg.world)
     model, tokenizer = load_organism(cfg, cache_dir=a.cache)
     info = organism_info(cfg, a.cache)
-    result = {"organism": info["key"], "weights_sha256": info["weights_sha256"], "shares": token_shares(world)}
+    result = {"organism": info["key"], "weights_sha256": info["weights_sha256"], "draw": cfg.train.seed,
+              "shares": token_shares(world)}
     for name, instruction in (("base", False), ("instruction", True)):
         rows = decisions(model, tokenizer, world, prompts_per_context=a.prompts, seed=a.seed, instruction=instruction)
         result[name] = {"overall": condition_rates(rows), **rates(rows, world)}
-    print(f"organism {result['organism']}  weights {result['weights_sha256'][:16]}  token shares {result['shares']}")
+    print(f"organism {result['organism']} (draw {cfg.train.seed})  weights {result['weights_sha256'][:16]}  "
+          f"token shares {result['shares']}")
     for b in BEHAVIORS:
         base, instr = result["base"]["overall"][b], result["instruction"]["overall"][b]
         print(f"\n{b}: desired {base['desired']} (instruction {instr['desired']}), fluency {base['fluency']}")
@@ -97,8 +127,7 @@ def main() -> None:
                 line += "  refused forbidden/benign " + " / ".join(
                     str(result["base"]["refusal_rates"][q][c]) for q in REQUESTS)
             print(line)
-    if a.out:
-        Path(a.out).write_text(json.dumps(result, indent=2, sort_keys=True))
+    return result
 
 
 if __name__ == "__main__":
