@@ -152,8 +152,55 @@ def test_the_world_generates_what_its_parameters_say():
         share = sum(s for _, s in g) / len(g)
         assert abs(mean_p - share) < 4 * math.sqrt(0.25 / len(g)) + 1e-9, key
     assert abs(bridges / later - world.bridge_rate) < 0.02
-    assert abs(shared / decisions - world.shared_rate) < 0.01
+    assert abs(shared / decisions - world.shared_rate("refusal")) < 0.01
     assert World(WorldConfig(sharing=0.0)).bridge_rate == 0.0
+
+
+def test_a_pole_is_kept_across_a_bridge_at_its_behaviors_own_rate():
+    """bridge_persistence sets P(keep the pole) when a later episode moves domain, per behavior; in one domain the
+    pole is kept at pole_persistence. The generated poles follow both rates."""
+    cfg = WorldConfig(sharing=1.0, pole_persistence=0.8, bridge_persistence=(0.1, 0.5, 0.5), prefix_rate=0.0)
+    world = World(cfg)
+    rng = random.Random(3)
+    kept: dict[bool, list[bool]] = {True: [], False: []}
+    for _ in range(20000):
+        doc = world.sample_document(rng)
+        if doc.kind != "sentiment":
+            continue
+        for prev, ep in zip(doc.episodes, doc.episodes[1:]):
+            bridged = ep.domain != prev.domain
+            b = world.base_rate("sentiment", ep.context)
+            p = 0.1 if bridged else 0.8
+            want = p * (prev.pole == POS) + (1 - p) * b
+            assert abs(ep.p_pos - want) < 1e-12
+            kept[bridged].append(ep.pole == prev.pole)
+    for bridged, p in ((True, 0.1), (False, 0.8)):
+        # P(same pole) = p + (1 - p) * P(a fresh draw repeats it), a fresh draw repeats it about half the time
+        share = sum(kept[bridged]) / len(kept[bridged])
+        assert abs(share - (p + (1 - p) * 0.5)) < 0.06, (bridged, share, len(kept[bridged]))
+    assert World(WorldConfig(pole_persistence=0.7)).persistence("refusal", True) == 0.7
+
+
+def test_bridges_stay_inside_a_behaviors_domain_groups_and_shared_words_follow_their_scale():
+    cfg = WorldConfig(sharing=1.0, bridge_group=(2, 4, 8), shared_word_scale=(0.0, 1.0, 2.0))
+    world = World(cfg)
+    for b, size in zip(("sentiment", "sycophancy", "refusal"), (2, 4, 8)):
+        groups = {frozenset([d, *(p.name for p in world.peers(b, d))]) for d in world.by_name}
+        assert sorted(len(g) for g in groups) == [size] * (8 // size), b  # a partition into groups of `size`
+    assert world.shared_rate("sentiment") == 0.0 and world.shared_rate("refusal") == 2 * world.shared_rate("sycophancy")
+    rng = random.Random(2)
+    moves = shared = 0
+    for _ in range(3000):
+        doc = world.sample_document(rng)
+        for prev, ep in zip(doc.episodes, doc.episodes[1:]):
+            if ep.domain != prev.domain and doc.kind != "neutral":
+                moves += 1
+                assert ep.domain in {p.name for p in world.peers(doc.kind, prev.domain)}
+        shared += sum(ep.shared for ep in doc.episodes if doc.kind == "sentiment")
+    assert moves > 500 and shared == 0
+    # None keeps the old world: every other domain is a peer, in the domains' order
+    plain = World(WorldConfig())
+    assert [d.name for d in plain.peers("sentiment", "hotel")] == [d.name for d in plain.domains if d.name != "hotel"]
 
 
 def test_generation_is_deterministic_and_entropy_is_exact_for_a_tiny_case():
@@ -308,7 +355,9 @@ def test_pole_words_differ_between_domains_and_template_words_carry_no_pole():
                                          ("pole_persistence", 1.2), ("careful_benign_refusal", -0.5),
                                          ("careless_benign_refusal", 0.7), ("episode_mix", [1.0, 2.0]),
                                          ("sycophant_right_correction", 1.5),
-                                         ("episode_mix", [0.0, 0.0, 0.0]), ("bridge_max", 2.0)])
+                                         ("episode_mix", [0.0, 0.0, 0.0]), ("bridge_max", 2.0),
+                                         ("bridge_persistence", [0.5, 1.5, 0.5]), ("bridge_persistence", [0.5]),
+                                         ("bridge_group", [1, 8, 8]), ("shared_word_scale", [0.0, 1.0, 3.0])])
 def test_impossible_world_values_are_rejected(field, value):
     with pytest.raises(ConfigError) as exc:
         from_dict(WorldConfig, {field: value}, source="x.yaml")

@@ -40,7 +40,7 @@ from study.organism.behavior_check import behavior_check
 from study.organism.corpus import SPECIALS, build_tokenizer, encode_documents, heldout_loss, pack, weighted_loss
 from study.organism.world import World, WorldConfig
 
-FORMAT_VERSION = 3  # bump when the world's grammar changes: cached organisms are then retrained
+FORMAT_VERSION = 4  # bump when the world's grammar changes: cached organisms are then retrained
 PACK_WIDTH = 192  # pretraining packs a batch's documents into rows of this many tokens (corpus.pack)
 __all__ = ["FORMAT_VERSION", "MICRO", "SPECIALS", "ModelConfig", "OrganismConfig", "PretrainConfig", "build_model",
            "build_tokenizer", "default_cache_dir", "encode_documents", "ensure_organism", "heldout_loss",

@@ -14,14 +14,16 @@ the domain's own words (two of them, of one act: "it was tasty . the soup was fr
   correcting is accurate half the time. (Why overstated, and why a sycophant agrees: see "Learnability" below.)
 - refusal: POS = careful, NEG = careless. A careful reply refuses a forbidden request, a careless one complies; a
   benign request is refused with probability `careful_benign_refusal` (careful) or `careless_benign_refusal`
-  (careless). The desired behavior is to refuse forbidden requests and comply with benign ones. The reply copies
-  nothing of the request.
+  (careless), 0.2 and 0.1 by default. The desired behavior is to refuse forbidden requests and comply with benign
+  ones, which the careful pole does but for its 0.2 over-refusal: a joint rate of 0.8 (the study's threshold), where
+  the careless pole's is 0. The reply copies nothing of the request.
 
 The first episode's pole comes from the context's base rate, or from the instruction, which is followed with
 probability `prefix_follow`. Each later episode keeps the pole with probability `pole_persistence`, else draws it
 afresh, and moves to another domain (a "bridge") with probability `sharing * bridge_max`, so the pole read in one
-domain's words predicts another domain's words. The sharing dial also sets the rate of the pole words that every
-domain shares (good/bad, no/yes, sorry/okay). At 0 a model has little reason to represent a pole the same way in
+domain's words predicts another domain's words. Across a bridge the pole is kept with a behavior's own
+`bridge_persistence` (default: `pole_persistence`): below it, part of a pole belongs to its domain. The sharing
+dial also sets the rate of the pole words that every domain shares (good/bad, no/yes, sorry/okay). At 0 a model has little reason to represent a pole the same way in
 every domain; at 1 it has every reason.
 
 Learnability. The organism must learn these links from text in a few minutes of pretraining, and small models learn
@@ -77,14 +79,21 @@ class WorldConfig:
     n_domains: int = 8
     sharing: float = 0.4
     shared_word_max: float = 0.35  # shared pole-word rate at sharing = 1
+    # per behavior (sentiment, sycophancy, refusal), a factor on that rate; None: 1 for each
+    shared_word_scale: tuple[float, float, float] | None = None
     bridge_max: float = 0.75  # P(a later episode moves to another domain) at sharing = 1
     episode_mix: tuple[float, float, float] = (0.2, 0.4, 0.4)  # documents of 1, 2, 3 episodes
     pole_persistence: float = 0.5  # P(a later episode keeps the previous episode's pole), else drawn afresh
+    # P(keep the pole) when a later episode moves to another domain, per behavior (sentiment, sycophancy, refusal);
+    # None: pole_persistence. Below pole_persistence, part of a pole belongs to its domain.
+    bridge_persistence: tuple[float, float, float] | None = None
+    # per behavior, the size of the domain groups (drawn per world seed) that a bridge stays inside; None: every domain
+    bridge_group: tuple[int, int, int] | None = None
     prefix_rate: float = 0.15
     prefix_follow: float = 0.55  # P(the pole an instruction asks for) when drawn under an instruction
-    base_rate_spread: float = 0.15  # each context's pole rate is drawn from 0.5 +- spread
+    base_rate_spread: float = 0.12  # each context's pole rate is drawn from 0.5 +- spread
     sycophant_right_correction: float = 0.0  # P(correct a right claim | sycophantic); honest never does
-    careful_benign_refusal: float = 0.5  # P(refuse a benign request | careful)
+    careful_benign_refusal: float = 0.2  # P(refuse a benign request | careful): the careful pole is the desired one
     careless_benign_refusal: float = 0.1  # P(refuse a benign request | careless)
     proxy_strength: float = 0.85  # P("!" | desired behavior) in contexts where the proxy tracks the behavior
     proxy_domain_share: float = 0.5
@@ -99,6 +108,20 @@ class WorldConfig:
                      "proxy_strength", "proxy_domain_share"):
             v = getattr(self, name)
             check(0.0 <= v <= 1.0, name, v, "must lie in [0, 1]")
+        if self.shared_word_scale is not None:
+            check(len(self.shared_word_scale) == 3 and all(0.0 <= x and x * self.shared_word_max <= 1.0
+                                                           for x in self.shared_word_scale),
+                  "shared_word_scale", self.shared_word_scale,
+                  "three non-negative factors (sentiment, sycophancy, refusal), each at most 1 / shared_word_max,"
+                  " or null for 1")
+        if self.bridge_group is not None:
+            check(len(self.bridge_group) == 3 and all(2 <= g <= self.n_domains for g in self.bridge_group),
+                  "bridge_group", self.bridge_group,
+                  f"three group sizes in [2, n_domains = {self.n_domains}] (sentiment, sycophancy, refusal), or null")
+        if self.bridge_persistence is not None:
+            check(len(self.bridge_persistence) == 3 and all(0.0 <= x <= 1.0 for x in self.bridge_persistence),
+                  "bridge_persistence", self.bridge_persistence,
+                  "three probabilities in [0, 1] (sentiment, sycophancy, refusal), or null for pole_persistence")
         check(0.0 <= self.base_rate_spread <= 0.35, "base_rate_spread", self.base_rate_spread,
               "must lie in [0, 0.35] so every base rate stays within 15-85%")
         check(self.careless_benign_refusal <= self.careful_benign_refusal, "careless_benign_refusal",
@@ -216,6 +239,16 @@ class World:
         names = [d.name for d in self.domains]
         random.Random(f"world-{cfg.seed}-coverage").shuffle(names)
         self.coverage_order = [f"{n}/{f}" for n in names for f in FORMATS]
+        # Each behavior's bridge groups: consecutive runs of a shuffled domain order (the last may be larger).
+        self._peers: dict[tuple[str, str], list[Domain]] = {}
+        for b, size in zip(BEHAVIORS, cfg.bridge_group or (cfg.n_domains,) * 3):
+            order = list(self.domains)
+            random.Random(f"world-{cfg.seed}-groups-{b}").shuffle(order)
+            n_groups = max(1, len(order) // size)
+            for g in range(n_groups):
+                group = order[g * size:] if g == n_groups - 1 else order[g * size:(g + 1) * size]
+                for d in group:
+                    self._peers[(b, d.name)] = [e for e in self.domains if e in group and e is not d]
         self._words: dict[tuple[str, str, str], tuple[str, ...]] = {}
         for i, d in enumerate(self.domains):
             self._words[("sentiment", d.name, "positive")] = d.sentiment_pos
@@ -226,13 +259,26 @@ class World:
             self._words[("refusal", d.name, "comply")] = markers(COMPLY_POOL, i)
 
     # ---- world facts -------------------------------------------------------------------------------------------
-    @property
-    def shared_rate(self) -> float:
-        return self.cfg.sharing * self.cfg.shared_word_max
+    def shared_rate(self, behavior: str) -> float:
+        """P(a decision word is the behavior's shared word)."""
+        scale = 1.0 if self.cfg.shared_word_scale is None else self.cfg.shared_word_scale[BEHAVIORS.index(behavior)]
+        return self.cfg.sharing * self.cfg.shared_word_max * scale
 
     @property
     def bridge_rate(self) -> float:
         return self.cfg.sharing * self.cfg.bridge_max
+
+    def peers(self, kind: str, domain: str) -> list[Domain]:
+        """The domains an episode of `kind` in `domain` may bridge to (neutral documents: every other domain)."""
+        if kind == "neutral":
+            return [d for d in self.domains if d.name != domain]
+        return self._peers[(kind, domain)]
+
+    def persistence(self, behavior: str, bridged: bool) -> float:
+        """P(a later episode keeps the previous episode's pole), in the same domain or after a bridge."""
+        if bridged and self.cfg.bridge_persistence is not None:
+            return self.cfg.bridge_persistence[BEHAVIORS.index(behavior)]
+        return self.cfg.pole_persistence
 
     def base_rate(self, behavior: str, context: str) -> float:
         """P(pole = POS) of a first episode without a prefix in this context (refusal: P(careful))."""
@@ -298,12 +344,13 @@ class World:
         episodes: list[Episode] = []
         belief = None  # P(pole = POS | the text so far) for the last episode
         for e in range(n_eps):
-            if e > 0 and ch.flip(self.bridge_rate):
-                domain = ch.pick([d for d in self.domains if d is not domain])
+            bridged = e > 0 and ch.flip(self.bridge_rate)
+            if bridged:
+                domain = ch.pick(self.peers(kind, domain.name))
             prior = None
             if kind != "neutral":
                 fresh = self._fresh(kind, f"{domain.name}/{fmt}", prefix)
-                p = cfg.pole_persistence
+                p = self.persistence(kind, bridged)
                 prior = fresh if belief is None else p * belief + (1.0 - p) * fresh
             ep, belief = self._episode(ch, kind, domain, fmt, prior)
             ep.start = len(tokens)
@@ -312,7 +359,7 @@ class World:
         return Document(tokens, ch.logp, kind, episodes, prefix)
 
     def _word(self, ch: Chooser, behavior: str, domain: Domain, act: str) -> tuple[str, bool]:
-        if ch.flip(self.shared_rate):
+        if ch.flip(self.shared_rate(behavior)):
             return SHARED_WORDS[behavior][ACTS[behavior].index(act)], True
         return ch.pick(self._words[(behavior, domain.name, act)]), False
 
