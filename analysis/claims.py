@@ -180,6 +180,12 @@ def _cost_claim(s: Stats, ix: _Index, tests: PairedTests, model: str, model_id: 
         reach, other = (a, b) if a["reached"] else (b, a)
         gap = math.log(max(reach["feedback_cost"], 1e-12)) - math.log(max(other["max_cost"], 1e-12))
         effect, bound = (gap, "upper") if a["reached"] else (-gap, "lower")
+        if reach["at_first"]:
+            # Both costs are censored (one at most its smallest budget's, the other above its largest): every
+            # leave-one-out crossing sits on the grid's edge, so the jackknife SE is 0 by construction, not by data.
+            return _claim("cost", text, model, target, pair, -1.0, effect, math.nan, int(reach["units"]), n, orgs,
+                          f"no interval: {reach['method']} reaches it at its smallest budget and {other['method']} not"
+                          " within its largest; both costs are censored, a bound without a test", bound), None
         return _claim("cost", text, model, target, pair, -1.0, effect, float(reach["log_se"]), int(reach["units"]),
                       n, orgs, f"{other['method']} does not reach it within its largest budget: a bound", bound), None
     return _claim("cost", text, model, target, pair, -1.0, n=n, organisms=orgs,

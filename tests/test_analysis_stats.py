@@ -432,15 +432,30 @@ def test_a_cost_claim_needs_more_than_one_budget(tmp_path: Path) -> None:
     assert cost and all(c["verdict"] == "not measured" and "one budget only" in c["note"] for c in cost)
 
 
-def test_a_rival_that_never_reaches_the_threshold_gives_a_one_sided_bound(tmp_path: Path) -> None:
-    """dpo never reaches 0.5 on the held-out contexts within 512 labels; steering does, near 16: the cost ratio is
-    only bounded above (ln(16 / 512) = -3.5 at most), its interval open below (null in summary.json)."""
-    methods = {"dpo": MethodTruth(0.01, ratio=0.5), "steering": MethodTruth(0.08, ratio=0.9)}
+def _steering_vs_dpo_cost(tmp_path: Path, steering_slope: float) -> dict:
+    """The cost claim "steering vs dpo" at threshold 0.5 where dpo never reaches it within 512 labels."""
+    methods = {"dpo": MethodTruth(0.01, ratio=0.5), "steering": MethodTruth(steering_slope, ratio=0.9)}
     spec = SyntheticSpec(targets=("sentiment",), methods=methods, budgets=(4, 32, 128, 512), draws=DRAWS,
                          seeds=SEEDS, cell_sd=0.01, sd_draw=0.01, samples=0)
     write_results(tmp_path / "store", spec)
     summary = write_report(tmp_path / "store", tmp_path / "out", threshold=0.5)
-    c = next(c for c in summary["claims"] if (c["claim_id"], c["method"]) == ("cost", "steering vs dpo"))
+    return next(c for c in summary["claims"] if (c["claim_id"], c["method"]) == ("cost", "steering vs dpo"))
+
+
+def test_a_rival_that_never_reaches_the_threshold_gives_a_one_sided_bound(tmp_path: Path) -> None:
+    """dpo never reaches 0.5 on the held-out contexts within 512 labels; steering does, near 16: the cost ratio is
+    only bounded above (ln(16 / 512) = -3.5 at most), its interval open below (null in summary.json)."""
+    c = _steering_vs_dpo_cost(tmp_path, steering_slope=0.08)
     assert (c["bound"], c["lo"], c["verdict"], c["n"]) == ("upper", None, "supported", 6), c
     assert c["effect"] == pytest.approx(math.log(math.exp(0.2 / 0.072) / 512), abs=0.1) and c["hi"] < 0
     assert "| steering vs dpo | " in (tmp_path / "out" / "REPORT.md").read_text()
+
+
+def test_a_cost_gap_censored_on_both_sides_gets_no_verdict(tmp_path: Path) -> None:
+    """steering reaches 0.5 at its smallest budget in every replicate and dpo never within 512: both costs are
+    censored, every leave-one-out crossing is the grid's edge and the jackknife SE is 0. That is no test, so the row
+    keeps its bound but gets no interval and no verdict (it would otherwise be called at p = 0)."""
+    c = _steering_vs_dpo_cost(tmp_path, steering_slope=0.2)
+    assert c["verdict"] == "inconclusive" and c["lo"] is None and c["hi"] is None, c
+    assert c["bound"] == "upper" and c["effect"] == pytest.approx(math.log(4 / 512), abs=0.01)
+    assert "censored" in c["note"] and c["n"] == 6

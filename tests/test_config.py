@@ -101,7 +101,7 @@ def test_organism_draws_and_ceiling_from_a_file(tmp_path):
     assert (cfg.ceiling.method, cfg.ceiling_budget()) == ("dpo", 256)
     assert load_study("micro").organism_draws is None and load_study("micro").ceiling is None
     assert load_study("micro").draws() == (load_study("micro").organism.train.seed,)
-    assert load_study("default").draws() == (0, 1, 3) and load_study("default").ceiling.method == "lora_sft"
+    assert load_study("default").draws() == (0, 1, 2) and load_study("default").ceiling.method == "lora_sft"
     p.write_text("organism_draws: [2, 2]\n")
     with pytest.raises(UserError) as exc:
         load_study(str(p))

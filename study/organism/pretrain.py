@@ -128,7 +128,7 @@ def judged(info: dict, cfg: OrganismConfig) -> dict:
 # but misses some links between episodes (behavior check ~0.28), so it is held to a loose behavior limit: it serves
 # tests of the harness's mechanics, not findings. study/configs/micro.yaml holds the same numbers.
 MICRO = OrganismConfig(
-    world=WorldConfig(n_domains=4),
+    world=WorldConfig(n_domains=4, base_rate_spread=0.15),
     model=ModelConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128),
     train=PretrainConfig(steps=600, batch_size=48, learning_rate=1e-2, warmup_steps=20, eval_docs=200, max_gap=0.1,
                          check_docs=1500, behavior_max_error=0.5),
