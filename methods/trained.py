@@ -352,11 +352,19 @@ class LoraIntervention(AttachedOnce):
         try:
             result = set_state(self.model, self.state, adapter_name=self._adapter)
         except BaseException:
-            self._strip()
+            self._unload()
             raise
         if result.unexpected_keys:
-            self._strip()
+            self._unload()
             raise RuntimeError(f"adapter weights do not fit the model: unexpected keys {result.unexpected_keys[:3]}")
+
+    def _unload(self) -> None:
+        """Strip the layers after a failed load; parked ones through their slot, so it names no stripped adapter."""
+        slot = slot_of(self.model)
+        if slot is not None and slot.name == self._adapter:
+            slot.clear()
+        else:
+            self._strip()
 
     def _layers(self) -> list:
         from peft.tuners.tuners_utils import BaseTunerLayer

@@ -191,3 +191,14 @@ def test_a_cells_adapters_take_turns_in_one_injection_and_the_scope_strips_them(
             pass
     assert turns == [alone[0], alone[1], alone[0]] and between == base and len(injected) == 2
     assert leftovers(model, snap) == [] and "peft_config" not in model.__dict__
+    # weights that do not fit the parked layers: the error strips them and the slot forgets them
+    with parking(model) as slot:
+        with LoraIntervention(model, cfg, states[0]):
+            pass
+        bad = {k.replace("lora_A", "lora_Z"): v for k, v in states[1].items()}
+        with pytest.raises(RuntimeError, match="do not fit"):
+            with LoraIntervention(model, cfg, bad):
+                pass
+        assert slot.name is None and leftovers(model, snap) == []
+        assert generate(model, lm.tokenizer, prompts, LoraIntervention(model, cfg, states[1]), **kw) == alone[1]
+    assert leftovers(model, snap) == [] and "peft_config" not in model.__dict__
