@@ -151,9 +151,9 @@ def test_the_world_generates_what_its_parameters_say():
         mean_p = sum(p for p, _ in g) / len(g)
         share = sum(s for _, s in g) / len(g)
         assert abs(mean_p - share) < 4 * math.sqrt(0.25 / len(g)) + 1e-9, key
-    assert abs(bridges / later - world.bridge_rate) < 0.02
+    assert abs(bridges / later - world.bridge_rate("sentiment")) < 0.02
     assert abs(shared / decisions - world.shared_rate("refusal")) < 0.01
-    assert World(WorldConfig(sharing=0.0)).bridge_rate == 0.0
+    assert World(WorldConfig(sharing=0.0)).bridge_rate("refusal") == 0.0
 
 
 def test_a_pole_is_kept_across_a_bridge_at_its_behaviors_own_rate():
@@ -198,6 +198,18 @@ def test_bridges_stay_inside_a_behaviors_domain_groups_and_shared_words_follow_t
                 assert ep.domain in {p.name for p in world.peers(doc.kind, prev.domain)}
         shared += sum(ep.shared for ep in doc.episodes if doc.kind == "sentiment")
     assert moves > 500 and shared == 0
+    # bridge_scale: a factor on each behavior's bridge rate (sentiment never moves domain, sycophancy half as often)
+    world = World(WorldConfig(sharing=1.0, bridge_scale=(0.0, 0.5, 1.0)))
+    later = {k: [0, 0] for k in ("sentiment", "sycophancy", "refusal", "neutral")}
+    for _ in range(4000):
+        doc = world.sample_document(rng)
+        for prev, ep in zip(doc.episodes, doc.episodes[1:]):
+            later[doc.kind][0] += ep.domain != prev.domain
+            later[doc.kind][1] += 1
+    rates = {k: m / n for k, (m, n) in later.items()}
+    assert rates["sentiment"] == 0.0 and world.bridge_rate("sentiment") == 0.0
+    for kind, want in (("sycophancy", 0.375), ("refusal", 0.75), ("neutral", 0.75)):
+        assert abs(rates[kind] - want) < 0.04 and world.bridge_rate(kind) == want, (kind, rates[kind])
     # None keeps the old world: every other domain is a peer, in the domains' order
     plain = World(WorldConfig())
     assert [d.name for d in plain.peers("sentiment", "hotel")] == [d.name for d in plain.domains if d.name != "hotel"]
@@ -357,7 +369,8 @@ def test_pole_words_differ_between_domains_and_template_words_carry_no_pole():
                                          ("sycophant_right_correction", 1.5),
                                          ("episode_mix", [0.0, 0.0, 0.0]), ("bridge_max", 2.0),
                                          ("bridge_persistence", [0.5, 1.5, 0.5]), ("bridge_persistence", [0.5]),
-                                         ("bridge_group", [1, 8, 8]), ("shared_word_scale", [0.0, 1.0, 3.0])])
+                                         ("bridge_group", [1, 8, 8]), ("shared_word_scale", [0.0, 1.0, 3.0]),
+                                         ("bridge_scale", [0.0, 1.0, 2.0]), ("bridge_scale", [-1.0, 1.0, 1.0])])
 def test_impossible_world_values_are_rejected(field, value):
     with pytest.raises(ConfigError) as exc:
         from_dict(WorldConfig, {field: value}, source="x.yaml")

@@ -82,6 +82,8 @@ class WorldConfig:
     # per behavior (sentiment, sycophancy, refusal), a factor on that rate; None: 1 for each
     shared_word_scale: tuple[float, float, float] | None = None
     bridge_max: float = 0.75  # P(a later episode moves to another domain) at sharing = 1
+    # per behavior (sentiment, sycophancy, refusal), a factor on that rate; None: 1 for each (neutral documents: 1)
+    bridge_scale: tuple[float, float, float] | None = None
     episode_mix: tuple[float, float, float] = (0.2, 0.4, 0.4)  # documents of 1, 2, 3 episodes
     pole_persistence: float = 0.5  # P(a later episode keeps the previous episode's pole), else drawn afresh
     # P(keep the pole) when a later episode moves to another domain, per behavior (sentiment, sycophancy, refusal);
@@ -113,6 +115,12 @@ class WorldConfig:
                                                            for x in self.shared_word_scale),
                   "shared_word_scale", self.shared_word_scale,
                   "three non-negative factors (sentiment, sycophancy, refusal), each at most 1 / shared_word_max,"
+                  " or null for 1")
+        if self.bridge_scale is not None:
+            check(len(self.bridge_scale) == 3 and all(0.0 <= x and x * self.bridge_max <= 1.0
+                                                      for x in self.bridge_scale),
+                  "bridge_scale", self.bridge_scale,
+                  "three non-negative factors (sentiment, sycophancy, refusal), each at most 1 / bridge_max,"
                   " or null for 1")
         if self.bridge_group is not None:
             check(len(self.bridge_group) == 3 and all(2 <= g <= self.n_domains for g in self.bridge_group),
@@ -176,9 +184,11 @@ class World:
         scale = 1.0 if self.cfg.shared_word_scale is None else self.cfg.shared_word_scale[BEHAVIORS.index(behavior)]
         return self.cfg.sharing * self.cfg.shared_word_max * scale
 
-    @property
-    def bridge_rate(self) -> float:
-        return self.cfg.sharing * self.cfg.bridge_max
+    def bridge_rate(self, kind: str) -> float:
+        """P(a later episode of a document of `kind` moves to another domain)."""
+        scale = 1.0 if self.cfg.bridge_scale is None or kind == "neutral" else \
+            self.cfg.bridge_scale[BEHAVIORS.index(kind)]
+        return self.cfg.sharing * self.cfg.bridge_max * scale
 
     def peers(self, kind: str, domain: str) -> list[Domain]:
         """The domains an episode of `kind` in `domain` may bridge to (neutral documents: every other domain)."""
@@ -256,7 +266,7 @@ class World:
         episodes: list[Episode] = []
         belief = None  # P(pole = POS | the text so far) for the last episode
         for e in range(n_eps):
-            bridged = e > 0 and ch.flip(self.bridge_rate)
+            bridged = e > 0 and ch.flip(self.bridge_rate(kind))
             if bridged:
                 domain = ch.pick(self.peers(kind, domain.name))
             prior = None
