@@ -23,9 +23,10 @@ probability `prefix_follow`. Each later episode keeps the pole with probability 
 afresh, and moves to another domain (a "bridge") with probability `sharing * bridge_max`, so the pole read in one
 domain's words predicts another domain's words. The sharing dial also sets the rate of the pole words that every
 domain shares (good/bad, no/yes, sorry/okay). At 0 a model has little reason to represent a pole the same way in
-every domain; at 1 it has every reason. Three per-behavior dials refine it (all off by default): across a bridge the
+every domain; at 1 it has every reason. Four per-behavior dials refine it (all off by default): across a bridge the
 pole is kept with `bridge_persistence` (below `pole_persistence`, part of a pole belongs to its domain), a bridge
-stays inside groups of `bridge_group` domains, and `shared_word_scale` scales the shared-word rate.
+stays inside groups of `bridge_group` domains, `bridge_scale` scales the bridge rate and `shared_word_scale` the
+shared-word rate.
 
 Learnability. The organism must learn these links from text in a few minutes of pretraining, and small models learn
 a link only where it has a first-order signal. Two facts shaped the grammar: (1) whether two in-context numbers are
