@@ -106,3 +106,14 @@ def test_organism_draws_and_ceiling_from_a_file(tmp_path):
     with pytest.raises(UserError) as exc:
         load_study(str(p))
     assert "organism_draws" in str(exc.value) and str(p) in str(exc.value) and "twice" in str(exc.value)
+
+
+def test_a_world_dial_that_is_off_leaves_the_organisms_cache_key_alone():
+    """A default-off world dial added after format v4 (pretrain.LATER_DIALS) does not enter the key while off, so
+    cached organisms stay valid; set, it makes a new organism. The pinned key is the default study's draw 0 on v4."""
+    from study.run.grid import with_seed
+
+    off = load_study("default").organism
+    assert with_seed(off, 0).key() == "1723d334c251e8be"
+    on = load_study("default", ["organism.world.bridge_scale=[0.0,1.0,1.0]"]).organism
+    assert on.world.bridge_scale == (0.0, 1.0, 1.0) and on.key() != off.key()

@@ -109,11 +109,15 @@ class OrganismConfig:
         re-judges a cached organism rather than pretraining a new one."""
         d = to_dict(self)
         d["train"] = {k: v for k, v in d["train"].items() if k not in VERDICT_FIELDS}
+        d["world"] = {k: v for k, v in d["world"].items() if not (k in LATER_DIALS and v is None)}
         blob = json.dumps({"v": FORMAT_VERSION, **d}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 VERDICT_FIELDS = ("max_gap", "behavior_tol", "behavior_max_error")  # PretrainConfig fields that judge, not make
+# World dials added after format v4, default off (None): left out of the key while off, so adding one keeps every
+# cached organism (the generator draws the same documents). A later default-off dial belongs here too.
+LATER_DIALS = ("bridge_scale",)
 
 
 def judged(info: dict, cfg: OrganismConfig) -> dict:
