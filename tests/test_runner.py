@@ -308,3 +308,28 @@ def test_report_command_reads_the_store(stored, tmp_path):
     r = subprocess.run(STUDY + ["report", "--results", str(tmp_path / "nothing")], capture_output=True, text=True,
                        env=env(), timeout=120)
     assert r.returncode == 2 and "no such results directory" in r.stderr
+
+
+def test_pretraining_processes_exit_when_the_study_process_is_killed(tmp_path):
+    """A study killed while it pretrains organisms (SIGTERM or SIGKILL to it alone) leaves no pretraining process."""
+    script = ("import os, sys, time\n"
+              "from study.run.runner import pretraining_pool\n"
+              "pool = pretraining_pool(1)\n"
+              "print(pool.submit(os.getpid).result(), flush=True)\n"
+              "pool.submit(time.sleep, 120)\n"
+              "time.sleep(0.5)\n"
+              "os._exit(0)\n")  # gone without shutting the pool down, as a killed process would be
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    pid = int(out.stdout.split()[0])
+
+    def alive() -> bool:
+        try:
+            return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+
+    deadline = time.time() + 15
+    while alive() and time.time() < deadline:
+        time.sleep(0.2)
+    assert not alive(), "a pretraining process outlived the study that started it"

@@ -101,7 +101,8 @@ def is_infrastructure_failure(record: dict[str, Any] | None) -> bool:
 
 
 # ---- local processes ---------------------------------------------------------------------------------------------
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
+    """In a child process: exit at once when the process `parent` is gone (run as the child starts)."""
     try:
         import ctypes
         import signal
@@ -128,7 +129,7 @@ def _worker_main(conn: Any, threads: int, sys_path: list[str], store_root: str, 
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)  # before torch is imported
     os.environ.update(WORKER_ENV)
-    _die_with_parent(parent)
+    die_with_parent(parent)
     sys.path[:] = sys_path
     set_threads(threads)
     quiet()

@@ -33,7 +33,8 @@ from study.core.config import from_dict, to_dict
 from study.core.errors import UserError
 from study.organism.pretrain import OrganismConfig, ensure_organism, organism_info
 from study.run.display import Display, fmt_seconds, pretrain_with_progress
-from study.run.executors import cpu_count, is_infrastructure_failure, quiet, run_local, set_threads
+from study.run.executors import (cpu_count, die_with_parent, is_infrastructure_failure, quiet, run_local,
+                                 set_threads)
 from study.run.grid import Cell, expand, label_key, organisms
 from study.run.preflight import preflight
 from study.run.ray_executor import connect
@@ -144,6 +145,12 @@ def _pretrain_one(config: dict[str, Any], cache: str | None, threads: int) -> tu
     return org.key(), time.perf_counter() - t0, None
 
 
+def pretraining_pool(n: int) -> ProcessPoolExecutor:
+    """`n` spawned processes that exit when this one is gone (a killed study leaves no pretraining behind)."""
+    return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent,
+                               initargs=(os.getpid(),))
+
+
 def _ensure_organisms(cells: list[Cell], console: Console, processes: int = 1) -> None:
     """Pretrain every organism the cells need (each draw), once, here, before workers start (they would race to do
     it): one after another, or in spawned processes when two or more are missing (with two or more
@@ -163,7 +170,7 @@ def _ensure_organisms(cells: list[Cell], console: Console, processes: int = 1) -
                   f"{n} processes; cached for later runs", highlight=False, soft_wrap=True)
     errors = []
     threads = max(1, cpu_count() // n)
-    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with pretraining_pool(n) as pool:
         jobs = [pool.submit(_pretrain_one, to_dict(org), cache, threads) for org in missing]
         for i, job in enumerate(as_completed(jobs), 1):
             key, seconds, error = job.result()
