@@ -65,7 +65,7 @@ def _p(c: Claim) -> float:
     e, se, df = c["effect"], c["se"], c["df"]
     if e is None or df < 1 or not (math.isfinite(e) and math.isfinite(se)):
         return math.nan
-    if se == 0:
+    if se <= TOL:  # no spread: float noise around an exact value, not a t statistic (0/0 gave any p at all)
         return 1.0 if abs(e) <= TOL else 0.0
     t = e / se
     if (c["bound"] == "upper" and t >= 0) or (c["bound"] == "lower" and t <= 0):

@@ -39,7 +39,8 @@ MAX_LISTED = 20
 
 
 def _clean(x: Any) -> Any:
-    """JSON-ready: numpy scalars to Python, NaN/inf to None (never reached / undefined), floats to 6 decimals."""
+    """JSON-ready: numpy scalars to Python, NaN/inf to None (never reached / undefined), floats to 6 decimals (and
+    -0.0, float noise below zero, to 0.0: the file must not depend on the order the cells were read in)."""
     if isinstance(x, dict):
         return {str(k): _clean(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -49,7 +50,7 @@ def _clean(x: Any) -> Any:
     if isinstance(x, (int, np.integer)):
         return int(x)
     if isinstance(x, (float, np.floating)):
-        return round(float(x), 6) if math.isfinite(x) else None
+        return round(float(x), 6) + 0.0 if math.isfinite(x) else None
     return x
 
 
@@ -100,7 +101,8 @@ def _setup(results: Results, t: Any, ceiling: Any, ref: dict[str, float]) -> tup
     methods = M.method_order(t["method"])
     versions = t[["target", "target_version"]].drop_duplicates().sort_values(["target", "target_version"])
     setup = {
-        "cells": {"ok": len(results.cells), "failed": len(results.failed), "skipped": len(results.skipped)},
+        "cells": {"ok": len(results.cells), "failed": len(results.failed), "skipped": len(results.skipped),
+                  "other_studies": len(results.others)},
         "rows": len(t),
         "models": sorted(t["model"].unique()),
         "targets": [f"{a} (v{b})" for a, b in versions.itertuples(index=False)],
@@ -118,7 +120,10 @@ def _setup(results: Results, t: Any, ceiling: Any, ref: dict[str, float]) -> tup
              f"Cells: {setup['cells']['ok']} ok, {setup['cells']['failed']} failed, "
              f"{setup['cells']['skipped']} unreadable (skipped)"
              + (f"; {setup['ceiling_cells']} of the ok cells are ceiling cells (oracle labels from every context), "
-                "read as the achievable level per split" if setup["ceiling_cells"] else "") + ".", ""]
+                "read as the achievable level per split" if setup["ceiling_cells"] else "")
+             + (f"; {setup['cells']['other_studies']} other cell files in the directory are not this study's "
+                "(`study.json`: an earlier config or code) and are left out" if setup["cells"]["other_studies"]
+                else "") + ".", ""]
     for key in ("models", "targets", "methods", "budgets", "organism_draws", "seeds", "anticipation",
                 "labeler_noise", "labeler_misspec"):
         lines.append(f"- {key.replace('_', ' ')}: {', '.join(str(v) for v in setup[key])}")
@@ -238,7 +243,8 @@ def write_report(results_dir: str | Path, out_dir: str | Path, threshold: float 
     figs: dict[str, Path | None] = dict.fromkeys(F.FIGURES)
     if t.empty:
         summary: dict[str, Any] = {"threshold": threshold, "setup": {"cells": {
-            "ok": 0, "failed": len(results.failed), "skipped": len(results.skipped)}}, "models": [], "headline": [],
+            "ok": 0, "failed": len(results.failed), "skipped": len(results.skipped),
+            "other_studies": len(results.others)}}, "models": [], "headline": [],
             "winners": [], "claims": [],
             "notes": ["no ok cells: nothing to report"]}
         lines += ["No ok cells: nothing to report.", ""] + _problems(results)

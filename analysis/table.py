@@ -1,7 +1,9 @@
 """Load the results store into one tidy table: one row per (cell, split, metric), ok cells only.
 
 A cell file that is malformed, truncated or missing required fields is skipped and named, never fatal: a study that is
-still running (or crashed half-way) must still report on what it has. Failed cells are listed apart.
+still running (or crashed half-way) must still report on what it has. Failed cells are listed apart. Where the store
+has a `study.json` (the runner's index of the study's cells), only its cells are read: cells of an earlier config or
+code in the same directory are counted in `others` and left out, so a report never mixes two versions of a study.
 
 Besides the runner's row fields the table has `model_id`, the model's identity from the cell's config (organism key
 without the pretraining draw, or Hugging Face path and revision), and `model` is made one-to-one with it, so that two
@@ -92,6 +94,7 @@ class Results:
     failed: list[FailedCell]
     cells: dict[str, dict[str, Any]]  # run_id -> {"config": ..., "provenance": ...} of ok cells
     cells_dir: Path
+    others: list[str] = field(default_factory=list)  # cell files that study.json does not list: not read
 
     def draws(self) -> pd.DataFrame:
         """model_id -> family, draw, sharing: which models are draws of one organism config (see `organism_draws`)."""
@@ -288,9 +291,27 @@ def model_labels(table: pd.DataFrame) -> pd.Series:
     return table["model_id"].map(labels)
 
 
+def study_run_ids(cells_dir: Path) -> set[str] | None:
+    """The run ids that the store's `study.json` lists, or None where it has none."""
+    path = (cells_dir.parent if cells_dir.name == "cells" else cells_dir) / "study.json"
+    if not path.is_file():
+        return None
+    try:
+        ids = json.loads(path.read_text())["run_ids"]
+        if not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+            raise ValueError("run_ids is not a list of strings")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a readable study index ({exc}); remove it to read every cell in "
+                         f"{cells_dir}") from None
+    return set(ids)
+
+
 def read_results(results_dir: str | Path) -> Results:
-    """Read every `cells/*.json` under `results_dir`: ok cells into the table, the rest into skipped/failed."""
+    """Read the `cells/*.json` under `results_dir` (those study.json lists, where there is one): ok cells into the
+    table, the rest into skipped/failed; files of other studies into `others`."""
     cells_dir = _cells_dir(results_dir)
+    listed = study_run_ids(cells_dir)
+    others: list[str] = []
     skipped: list[SkippedFile] = []
     failed: list[FailedCell] = []
     cells: dict[str, dict[str, Any]] = {}
@@ -298,6 +319,9 @@ def read_results(results_dir: str | Path) -> Results:
     # Sorted so the table (and everything downstream) does not depend on directory order; hidden files are the
     # runner's temporary names before its atomic rename.
     for path in sorted(p for p in cells_dir.glob("*.json") if not p.name.startswith(".")):
+        if listed is not None and path.stem not in listed:
+            others.append(path.name)
+            continue
         try:
             cell = _parse_cell(path)
         except _Malformed as exc:
@@ -318,7 +342,7 @@ def read_results(results_dir: str | Path) -> Results:
                               if v in ("int", "int?")})
         # Never average across models: rows are grouped by identity, and the label says which model is which.
         table["model"] = model_labels(table)
-    return Results(table=table, skipped=skipped, failed=failed, cells=cells, cells_dir=cells_dir)
+    return Results(table=table, skipped=skipped, failed=failed, cells=cells, cells_dir=cells_dir, others=others)
 
 
 def load_table(results_dir: str | Path) -> pd.DataFrame:

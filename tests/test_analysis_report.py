@@ -272,3 +272,34 @@ def test_headline_reads_the_reference_condition(rich: Path) -> None:
     res = read_results(rich)
     assert M.reference_condition(res.table) == {"anticipation": 0.5, "labeler_noise": 0.0, "labeler_misspec": 0.0}
     assert isinstance(res.table, pd.DataFrame) and len(res.cells) == res.table["run_id"].nunique()
+
+
+def test_a_report_reads_only_the_cells_its_study_json_lists(tmp_path: Path) -> None:
+    """A results directory that holds cells of an earlier version of a study reports the current one (study.json),
+    counts the others apart, and a damaged index stops `study report` with one line (exit 2) and writes nothing."""
+    old = SyntheticSpec(targets=("sentiment",), methods={"dpo": METHODS["dpo"]}, budgets=(8, 64), samples=0)
+    new = SyntheticSpec(targets=("sentiment",), methods={"sft": METHODS["sft"]}, budgets=(8, 64), samples=0)
+    root = tmp_path / "store"
+    (root / "cells").mkdir(parents=True)
+    for name, spec in (("old", old), ("new", new)):
+        write_results(tmp_path / name, spec)
+        for p in (tmp_path / name / "cells").iterdir():
+            shutil.copy(p, root / "cells" / p.name)
+    new_ids = sorted(p.stem for p in (tmp_path / "new" / "cells").glob("*.json"))
+    everything = read_results(root)
+    assert {"dpo", "sft"} <= set(everything.table["method"]) and everything.others == []  # no index: every cell
+    (root / "study.json").write_text(json.dumps({"name": "x", "run_ids": new_ids}))
+    res = read_results(root)
+    n_other = len(list((root / "cells").glob("*.json"))) - len(new_ids)
+    assert sorted(res.cells) == new_ids and "dpo" not in set(res.table["method"]) and len(res.others) == n_other > 0
+    summary = write_report(root, tmp_path / "out")
+    assert summary["setup"]["cells"]["other_studies"] == n_other
+    assert f"{n_other} other cell files in the directory are not this study's" in (tmp_path / "out" /
+                                                                                    "REPORT.md").read_text()
+    (root / "study.json").write_text('{"name": "x", "run_ids": ')
+    with pytest.raises(ValueError, match="study.json"):
+        read_results(root)
+    proc = subprocess.run([sys.executable, "-m", "study.cli", "report", "--results", str(root), "--out",
+                           str(tmp_path / "out2")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and "study.json" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out2").exists()

@@ -459,3 +459,15 @@ def test_a_cost_gap_censored_on_both_sides_gets_no_verdict(tmp_path: Path) -> No
     assert c["verdict"] == "inconclusive" and c["lo"] is None and c["hi"] is None, c
     assert c["bound"] == "upper" and c["effect"] == pytest.approx(math.log(4 / 512), abs=0.01)
     assert "censored" in c["note"] and c["n"] == 6
+
+
+def test_an_effect_and_spread_of_float_noise_get_p_1_not_a_t_test():
+    """A slope that is exactly zero in every replicate comes out as 1e-17 +- 1e-17 after float sums: its p is 1
+    whatever the noise's ratio (it was 0.002 or 0.04 depending on the order the cells were read in)."""
+    for e, se in ((1.4e-17, 1.1e-17), (-3e-18, 1e-18), (0.0, 0.0)):
+        row = C._claim("labeler_noise", "x", "m", "t", "prompting", -1.0, e, se, units=3, n=6, organisms=3)
+        assert C._p(row) == 1.0, (e, se)
+    real = C._claim("labeler_noise", "x", "m", "t", "dpo", -1.0, -0.2, 0.01, units=3, n=6, organisms=3)
+    assert C._p(real) < 0.01
+    exact = C._claim("labeler_noise", "x", "m", "t", "dpo", -1.0, -0.2, 0.0, units=3, n=6, organisms=3)
+    assert C._p(exact) == 0.0
