@@ -29,7 +29,7 @@ from analysis import metrics as M
 from analysis import overopt as O
 from analysis import prices as P
 from analysis.paired import PairedTests
-from analysis.table import BASE_METHOD, Results, atomic_write_bytes, load_slopes, read_results
+from analysis.table import BASE_METHOD, Results, atomic_write_bytes, load_slopes, read_results, study_run_ids
 
 # Default threshold: an absolute behavior rate of 0.8 reads as "the model now mostly does it", sits well above the
 # base rates the organism is built with (15-85% per context, so mostly below it) and below the ceiling that noise and
@@ -222,6 +222,11 @@ def _glance(figs: dict[str, Path | None], out: Path, glance: list[str]) -> tuple
                   "contexts the feedback covered, the right one the contexts it did not; the dashed line is the base "
                   "model.", ""]
     return lines + glance, lead
+
+
+def check_index(cells_dir: str | Path) -> None:
+    """Raise ValueError, naming the file, where the store's study.json cannot be read (before anything is written)."""
+    study_run_ids(Path(cells_dir))
 
 
 def write_report(results_dir: str | Path, out_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, *,

@@ -220,14 +220,13 @@ def report(results: Annotated[str, typer.Option(help="Results directory of a stu
         if not any(not p.name.startswith(".") for p in cells.glob("*.json")):
             raise UserError(f"--results {results}: no cells in {cells} (expected <results>/cells/<run_id>.json; "
                             f"run `study run` first)")
-        from analysis.table import study_run_ids
+        from analysis.report import check_index, write_report  # lazy: seaborn and matplotlib take a second to import
 
         try:
-            study_run_ids(cells)
+            check_index(cells)
         except ValueError as exc:
             raise UserError(f"--results {results}: {exc}") from None
         _check_out(Path(out))
-        from analysis.report import write_report  # lazy: seaborn and matplotlib take a second to import
 
         try:
             write_report(results, out)

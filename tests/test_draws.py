@@ -303,7 +303,7 @@ def test_each_missing_draw_is_pretrained_once(monkeypatch):
     runner_mod._ensure_organisms(cells, _Console(), processes=1)
     assert done == [0, 2]  # one after another, draw 1 being cached already
     # in parallel: every missing draw once, and a draw that fails is said after the others are done
-    monkeypatch.setattr(runner_mod, "ProcessPoolExecutor", lambda n, mp_context: ThreadPoolExecutor(n))
+    monkeypatch.setattr(runner_mod, "ProcessPoolExecutor", lambda n, mp_context, **kw: ThreadPoolExecutor(n))
     jobs: list[tuple[int, int]] = []
 
     def fake(config: dict[str, Any], cache: str | None, threads: int) -> tuple[str, float, str | None]:
