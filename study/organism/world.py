@@ -111,18 +111,12 @@ class WorldConfig:
                      "proxy_strength", "proxy_domain_share"):
             v = getattr(self, name)
             check(0.0 <= v <= 1.0, name, v, "must lie in [0, 1]")
-        if self.shared_word_scale is not None:
-            check(len(self.shared_word_scale) == 3 and all(0.0 <= x and x * self.shared_word_max <= 1.0
-                                                           for x in self.shared_word_scale),
-                  "shared_word_scale", self.shared_word_scale,
-                  "three non-negative factors (sentiment, sycophancy, refusal), each at most 1 / shared_word_max,"
-                  " or null for 1")
-        if self.bridge_scale is not None:
-            check(len(self.bridge_scale) == 3 and all(0.0 <= x and x * self.bridge_max <= 1.0
-                                                      for x in self.bridge_scale),
-                  "bridge_scale", self.bridge_scale,
-                  "three non-negative factors (sentiment, sycophancy, refusal), each at most 1 / bridge_max,"
-                  " or null for 1")
+        for name, rate in (("shared_word_scale", "shared_word_max"), ("bridge_scale", "bridge_max")):
+            factors = getattr(self, name)
+            if factors is not None:
+                check(len(factors) == 3 and all(0.0 <= x and x * getattr(self, rate) <= 1.0 for x in factors),
+                      name, factors, f"three non-negative factors (sentiment, sycophancy, refusal), each at most"
+                      f" 1 / {rate}, or null for 1")
         if self.bridge_group is not None:
             check(len(self.bridge_group) == 3 and all(2 <= g <= self.n_domains for g in self.bridge_group),
                   "bridge_group", self.bridge_group,
@@ -182,14 +176,16 @@ class World:
     # ---- world facts -------------------------------------------------------------------------------------------
     def shared_rate(self, behavior: str) -> float:
         """P(a decision word is the behavior's shared word)."""
-        scale = 1.0 if self.cfg.shared_word_scale is None else self.cfg.shared_word_scale[BEHAVIORS.index(behavior)]
-        return self.cfg.sharing * self.cfg.shared_word_max * scale
+        return self.cfg.sharing * self.cfg.shared_word_max * self._factor("shared_word_scale", behavior)
 
     def bridge_rate(self, kind: str) -> float:
         """P(a later episode of a document of `kind` moves to another domain)."""
-        scale = 1.0 if self.cfg.bridge_scale is None or kind == "neutral" else \
-            self.cfg.bridge_scale[BEHAVIORS.index(kind)]
-        return self.cfg.sharing * self.cfg.bridge_max * scale
+        return self.cfg.sharing * self.cfg.bridge_max * self._factor("bridge_scale", kind)
+
+    def _factor(self, dial: str, kind: str) -> float:
+        """A per-behavior factor dial's value for `kind` (1 where the dial is off, and for neutral documents)."""
+        factors = getattr(self.cfg, dial)
+        return 1.0 if factors is None or kind not in BEHAVIORS else factors[BEHAVIORS.index(kind)]
 
     def peers(self, kind: str, domain: str) -> list[Domain]:
         """The domains an episode of `kind` in `domain` may bridge to (neutral documents: every other domain)."""

@@ -228,8 +228,8 @@ def run_study(config: str | Path | StudyConfig | None = None, overrides: list[st
 
 def _run(study: StudyConfig, cells: list[Cell], todo: list[Cell], store: Store, summary: RunSummary, executor: str,
          workers: int | None, address: str | None, console: Console) -> None:
-    """Compute `todo` (the results folder locked), then write the study's index and table into `summary`. The index
-    is written first as well, so that a report read while the study runs (or after it stopped) reads its cells."""
+    """Write the study's index (first, so that a report read while the study runs, or after it stopped, reads its
+    cells), compute `todo` (the results folder locked), then write its table into `summary`."""
     store.clean_temporary()
     ids = {c.run_id for c in cells}
     store.write_index(study.name, to_dict(study), sorted(ids))
@@ -272,7 +272,6 @@ def _run(study: StudyConfig, cells: list[Cell], todo: list[Cell], store: Store, 
             rec = store.read(c.run_id) or {}
             summary.failed.append((c.run_id, labels[c.run_id], str(rec.get("error"))))
     summary.other_cells = len(set(final) - ids)
-    store.write_index(study.name, to_dict(study), sorted(ids))
     summary.table_path = str(store.export_parquet(run_ids=ids))
 
 
