@@ -13,7 +13,14 @@ draw shared by every method run on it) and e_ds the seed's (SD `sd_seed`). Candi
 - `two_stage_bootstrap`: percentile bootstrap that resamples draws, then seeds within each resampled draw: too
   narrow at 3 draws (a bootstrap over 3 values cannot see the spread of the population).
 
+Every rule above assumes the seeds are nested in the draws. If seed s were the same seed in every draw (one coverage
+order, one test set and one stream of sampling random numbers shared by all draws: a crossed design), each run would
+carry a shared b_s too (SD `sd_shared`), which the draws' means all carry alike, so their spread cannot see it and
+`draw_means_t` covers less than 95% (`coverage(..., sd_shared=...)`). So a cell runs at a seed nested in its draw
+(`study.run.grid.run_seed`).
+
     python -m analysis.calibration                      # the table at 3 draws x 2 seeds, several sd ratios
+    python -m analysis.calibration --components results/default   # a store's draw / shared-seed / rest SDs
     cover = coverage(draws=3, seeds=2, sd_draw=0.05, sd_seed=0.03)     # {rule: share of intervals covering mu}
     rate = paired_false_calls(draws=3, seeds=2, sd_draw=0.05, sd_seed=0.03)  # share of null tests called different
 """
@@ -25,6 +32,7 @@ import argparse
 import numpy as np
 
 from analysis.stats import LEVEL, t_crit, t_pvalue
+from analysis.table import read_results
 
 RULES = ("draw_means_t", "runs_t", "two_stage_bootstrap")
 EFFECTS = ("normal", "skewed")
@@ -40,9 +48,11 @@ def _effects(rng: np.random.Generator, shape: tuple[int, ...], sd: float, kind: 
 
 
 def simulate(reps: int, draws: int, seeds: int, sd_draw: float, sd_seed: float, rng: np.random.Generator,
-             kind: str = "normal") -> np.ndarray:
-    """(reps, draws, seeds) values of mean 0: a draw effect shared by a draw's seeds, plus seed noise."""
-    return (_effects(rng, (reps, draws, 1), sd_draw, kind) + rng.normal(0.0, sd_seed, (reps, draws, seeds)))
+             kind: str = "normal", sd_shared: float = 0.0) -> np.ndarray:
+    """(reps, draws, seeds) values of mean 0: a draw effect shared by a draw's seeds, plus seed noise; `sd_shared`:
+    a seed effect shared by that seed's runs in every draw (a crossed design; 0: seeds nested in draws)."""
+    y = _effects(rng, (reps, draws, 1), sd_draw, kind) + rng.normal(0.0, sd_seed, (reps, draws, seeds))
+    return y + rng.normal(0.0, sd_shared, (reps, 1, seeds)) if sd_shared > 0 else y
 
 
 def intervals(y: np.ndarray, rule: str, rng: np.random.Generator | None = None,
@@ -69,10 +79,11 @@ def intervals(y: np.ndarray, rule: str, rng: np.random.Generator | None = None,
 
 
 def coverage(draws: int = 3, seeds: int = 2, sd_draw: float = 0.05, sd_seed: float = 0.03, reps: int = 4000,
-             seed: int = 0, kind: str = "normal") -> dict[str, float]:
-    """Share of `reps` simulated studies whose 95% interval covers the true mean, per rule."""
+             seed: int = 0, kind: str = "normal", sd_shared: float = 0.0) -> dict[str, float]:
+    """Share of `reps` simulated studies whose 95% interval covers the true mean, per rule (`sd_shared`: see
+    `simulate`)."""
     rng = np.random.default_rng(seed)
-    y = simulate(reps, draws, seeds, sd_draw, sd_seed, rng, kind)
+    y = simulate(reps, draws, seeds, sd_draw, sd_seed, rng, kind, sd_shared)
     out = {}
     for rule in RULES:
         if rule == "draw_means_t" and draws < 2:
@@ -121,13 +132,49 @@ def table(draws: int = 3, seeds: int = 2, ratios: tuple[float, ...] = (0.0, 0.5,
     return lines
 
 
+def components(y: np.ndarray) -> tuple[float, float, float]:
+    """(sd_draw, sd_shared, sd_rest) of a (draws, seeds) table read as a crossed design, y = mu + a_d + b_s + e_ds
+    (two-way ANOVA, method of moments, negative variance estimates set to 0). `b_s` is the effect of seed label s
+    in every draw: with seeds nested in draws it has nothing to share and comes out near 0."""
+    d, s = y.shape
+    gm = y.mean()
+    ms_draw = s * ((y.mean(1) - gm) ** 2).sum() / (d - 1)
+    ms_seed = d * ((y.mean(0) - gm) ** 2).sum() / (s - 1)
+    rest = y - y.mean(1, keepdims=True) - y.mean(0, keepdims=True) + gm
+    ms_rest = (rest ** 2).sum() / ((d - 1) * (s - 1))
+    return (float(np.sqrt(max(ms_draw - ms_rest, 0.0) / s)), float(np.sqrt(max(ms_seed - ms_rest, 0.0) / d)),
+            float(np.sqrt(ms_rest)))
+
+
+def store_components(results_dir: str, metric: str = "behavior") -> dict[str, float]:
+    """Median (sd_draw, sd_shared, sd_rest) over a store's complete draws x seeds tables of `metric` (one per model,
+    method, target, budget, condition and split, covered and uncovered), and how many tables."""
+    t = read_results(results_dir).table
+    t = t[(t["metric"] == metric) & t["split"].isin(["covered", "uncovered"]) & (t["coverage"] == "anticipation")]
+    keys = ["model_id", "method", "target", "budget", "anticipation", "labeler_noise", "labeler_misspec", "split"]
+    found = []
+    for _, g in t.groupby(keys):
+        y = g.pivot_table(index="draw", columns="seed", values="value")
+        if y.shape[0] >= 2 and y.shape[1] >= 2 and not y.isna().any().any():
+            found.append(components(y.to_numpy()))
+    if not found:
+        return {"tables": 0}
+    med = np.median(np.array(found), axis=0)
+    return {"tables": len(found), "sd_draw": round(float(med[0]), 4), "sd_shared": round(float(med[1]), 4),
+            "sd_rest": round(float(med[2]), 4)}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--draws", type=int, default=3)
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--reps", type=int, default=4000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--components", metavar="RESULTS", help="print a store's median variance components instead")
     args = p.parse_args(argv)
+    if args.components:
+        print(store_components(args.components))
+        return
     print("\n".join(table(args.draws, args.seeds, reps=args.reps, seed=args.seed)))
 
 

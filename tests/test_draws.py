@@ -81,6 +81,31 @@ def test_hugging_face_models_have_no_draw_and_keep_their_ids():
     assert "d=" not in hf3[0].label and len(three) == len(hf1) + 3 * 3
 
 
+def test_seeds_are_nested_in_draws_so_draws_share_no_split_labels_or_samples():
+    """Seed s of draw d runs at s + DRAW_STRIDE * d: its coverage order, test prompts, labels and sampling random
+    numbers are its own (a shared seed would make the draws' noise common, and the draw-level interval blind to it;
+    analysis.calibration). Draw 0 and a Hugging Face model run at the seed itself."""
+    from study.feedback.targets import organism_target
+    from study.organism.world import World
+
+    study = load_study("micro", ["seeds=[0,1]", "organism_draws=[0,1,2]", f"models=[organism, {HF}]"])
+    cells = [c for c in expand(study, "micro") if c.method == "none" and c.config["anticipation"] == 0.5]
+    seeds = {(c.draw, c.config["seed"]): c.run_seed for c in cells if c.draw is not None}
+    assert seeds[(0, 0)] == 0 and seeds[(0, 1)] == 1
+    assert seeds[(1, 0)] == grid_mod.DRAW_STRIDE and seeds[(2, 1)] == 1 + 2 * grid_mod.DRAW_STRIDE
+    assert len(set(seeds.values())) == len(seeds) == 6
+    assert {c.run_seed for c in cells if c.model == "hf"} == {0, 1}
+    target = organism_target("sentiment", World(study.organism.world))
+    by_draw = {c.draw: cell_splits(c, target) for c in cells
+               if c.model == "organism" and c.config["seed"] == 0 and c.target == "sentiment"}
+    assert by_draw[0] is target.splits(0.5, 0, study.eval.sizes)  # draw 0: the seed's own splits, as before
+    prompts = {d: [r.prompt for r in s.test_covered] for d, s in by_draw.items()}
+    orders = {d: s.coverage_order for d, s in by_draw.items()}
+    assert prompts[0] != prompts[1] != prompts[2] and len(set(map(tuple, orders.values()))) > 1
+    keys = {cell_mod.drift_key(c) for c in cells if c.model == "organism" and c.target == "sentiment"}
+    assert len(keys) == 6  # a drift baseline per (draw, seed)
+
+
 @pytest.mark.parametrize("value,needle", [
     ("[0,0]", "lists a value twice"),
     ("[-1]", "must be a non-negative integer"),

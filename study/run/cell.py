@@ -196,8 +196,8 @@ def cell_splits(cell: Cell, target: Any) -> Any:
     c = cell.config
     sizes = from_dict(EvalConfig, c["eval"]).sizes
     if cell.coverage == "ceiling":
-        return target.splits(c["anticipation"], c["seed"], sizes, ceiling=True)
-    return target.splits(c["anticipation"], c["seed"], sizes)
+        return target.splits(c["anticipation"], cell.run_seed, sizes, ceiling=True)
+    return target.splits(c["anticipation"], cell.run_seed, sizes)
 
 
 def _parts(cell: Cell) -> list[tuple[str, type, Any]]:
@@ -217,7 +217,7 @@ def drift_key(cell: Cell) -> str:
     one worker where it can."""
     c = cell.config
     return json.dumps([c["model"], c["target"]["spec"], c["anticipation"], c.get("coverage", "anticipation"),
-                       c["seed"], c["eval"]], sort_keys=True)
+                       cell.run_seed, c["eval"]], sort_keys=True)
 
 
 # ---- the cell ------------------------------------------------------------------------------------------------------
@@ -261,6 +261,7 @@ def _run_cell(cell: Cell, progress: Callable[[str], None] | None, work_dir: str 
         import torch  # heavy: loaded in the worker, not by `study --help`
 
         prov["torch_threads"] = torch.get_num_threads()
+        prov["run_seed"] = cell.run_seed
         stage("loading model")
         with phase("load"):
             loaded, reused = _cached_load(cell)
@@ -282,14 +283,14 @@ def _run_cell(cell: Cell, progress: Callable[[str], None] | None, work_dir: str 
         budget = Budget(c["budget"])
         # Real-text targets buy demonstrations and contrast pairs among the base model's own samples; organism
         # targets never call the sampler.
-        labeler = Labeler(target, budget, from_dict(LabelerConfig, c["labeler"]), seed=c["seed"],
+        labeler = Labeler(target, budget, from_dict(LabelerConfig, c["labeler"]), seed=cell.run_seed,
                           sampler=model_sampler(lm, target, temperature=ev.temperature, batch_size=ev.batch_size))
         durations["target"] = time.perf_counter() - t
 
         t = time.perf_counter()
         adapters.enter_context(parking(lm.model))  # the cell's adapters share one injection until the check
         with phase("fit"):
-            intervention = fit_parts(_parts(cell), lm, target, labeler, splits, c["seed"], scratch, stage)
+            intervention = fit_parts(_parts(cell), lm, target, labeler, splits, cell.run_seed, scratch, stage)
         durations["fit"] = time.perf_counter() - t
         prov.update(method_config=json.dumps(c["method"]["parts"], sort_keys=True), chosen=intervention.chosen,
                     labels={"counts": dict(budget.counts), "costs": dict(budget.costs)},
@@ -301,7 +302,7 @@ def _run_cell(cell: Cell, progress: Callable[[str], None] | None, work_dir: str 
         with phase("evaluate"):
             result = evaluate(lm, target, intervention, splits=splits, others=others, base=_DRIFT_CACHE.get(key),
                               n_completions=ev.n_completions, temperature=ev.temperature,
-                              drift_completions=ev.drift_completions, seed=c["seed"], batch_size=ev.batch_size,
+                              drift_completions=ev.drift_completions, seed=cell.run_seed, batch_size=ev.batch_size,
                               diversity=(ev.diversity_prompts, ev.diversity_samples),
                               progress=lambda s: stage(f"evaluating: {s}"))
         adapters.close()

@@ -1,6 +1,8 @@
 """The grid: a study config expanded into cells, each named by a hash of its fully resolved configuration.
 
 A cell is one (model, draw, method, target, budget, anticipation, labeler noise, labeler misspecification, seed).
+Seeds are nested in draws: a cell draws its data, labels, training and samples with `run_seed` (seed 0 of draw 1 is
+not seed 0 of draw 0), so the draws are independent replicates.
 Its configuration is resolved completely before hashing: the organism's full config (and cache key), every field of
 each method's own `Config` dataclass (defaults included), the target's version, the labeler's costs and the evaluation
 sizes. So a changed default recomputes the cells it touches, and an unchanged one never does. Methods that use no
@@ -51,7 +53,19 @@ from methods.registry import part_config, resolve, split_variant
 from study.organism.world import World
 from study.feedback.catalog import resolve_target
 
-CELL_VERSION = 1  # bump when the meaning of a stored cell changes (every id changes with it)
+# Bump when the meaning of a stored cell changes (every id changes with it). 2: seeds nested in organism draws.
+CELL_VERSION = 2
+DRAW_STRIDE = 1_000_003  # run seed = seed + DRAW_STRIDE * draw
+
+
+def run_seed(config: dict[str, Any]) -> int:
+    """The seed a cell draws everything with: its splits (coverage order, feedback pool, test prompts), the labeler's
+    noise, the method's training and the evaluation's sampling. Replicate seed `seed` of organism draw `draw` runs at
+    `seed + DRAW_STRIDE * draw`, so seeds are nested in draws: seed 0 of draw 1 shares nothing with seed 0 of draw 0.
+    Shared seeds would make the design crossed (one coverage order, one test set and one stream of sampling random
+    numbers for every draw), and a draw-level interval cannot see that shared part (analysis.calibration, `sd_shared`).
+    Draw 0 and a Hugging Face model (no draw) run at `seed` itself."""
+    return int(config["seed"]) + DRAW_STRIDE * int(config.get("draw") or 0)
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,11 @@ class Cell:
         return (f"{c['model']['name']} {c['method']['name']} {c['target']['name']} b={c['budget']} "
                 f"a={a} e={c['labeler']['noise']:g} p={c['labeler']['misspec']:g} s={c['seed']}"
                 + (f" d={self.draw}" if self.draw is not None else ""))
+
+    @property
+    def run_seed(self) -> int:
+        """The seed everything in the cell is drawn with (`run_seed`)."""
+        return run_seed(self.config)
 
     def key(self) -> tuple:
         """Fields as a tuple, for sorting and display."""
