@@ -14,7 +14,9 @@ an earlier episode.
 
 With `--study`, each organism draw the study's cells use (from its cache) is measured in turn, and a last table gives
 per behavior and draw the range of the base rate over contexts and how many contexts lie in 0.25-0.65: the base-rate
-item of the targets' acceptance, read from many prompts per context instead of the study's test samples.
+item of the targets' acceptance, read from many prompts per context instead of the study's test samples; and the
+same from the organism's exact probabilities (`study.organism.summary.exact_rates`, `--exact-prompts` prompts of each
+kind per context; no sampling noise), beside the world's own range.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 
 from study.core.rates import joint_rate
 from study.organism.pretrain import OrganismConfig, load_organism, organism_info
-from study.organism.summary import decisions, rates
+from study.organism.summary import decisions, exact_rates, rates
 from study.organism.world import BEHAVIORS, CLAIMS, REQUESTS, World
 
 
@@ -75,6 +77,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", default=None, help="organism cache folder (default: the project's)")
     ap.add_argument("--prompts", type=int, default=48, help="prompts per context (refusal: per request kind)")
+    ap.add_argument("--exact-prompts", type=int, default=200, help="prompts per context and kind for the exact rates")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="also write the figures to this JSON file")
@@ -84,12 +87,15 @@ def main() -> None:
     configs = study_organisms(a.study, a.cache) if a.study else [OrganismConfig()]
     results = [measure(cfg, a) for cfg in configs]
     if len(results) > 1:
-        print("\nbase rate over contexts per draw (range; contexts in 0.25-0.65):")
+        print("\nbase rate over contexts per draw (range; contexts in 0.25-0.65), sampled | exact | the world's:")
         for b in BEHAVIORS:
             for cfg, r in zip(configs, results):
-                vals = [v for v in r["base"]["base_rates"][b].values() if v is not None]
-                inside = sum(0.25 <= v <= 0.65 for v in vals)
-                print(f"  {b:10s} draw {cfg.train.seed}: {min(vals):.2f}-{max(vals):.2f}  {inside}/{len(vals)}")
+                cols = []
+                for rates_ in (r["base"]["base_rates"][b], r["exact"]["base_rates"][b], r["exact"]["world_rates"][b]):
+                    vals = [v for v in rates_.values() if v is not None]
+                    inside = sum(0.25 <= v <= 0.65 for v in vals)
+                    cols.append(f"{min(vals):.2f}-{max(vals):.2f} {inside:>2}/{len(vals)}")
+                print(f"  {b:10s} draw {cfg.train.seed}: " + " | ".join(cols))
     if a.out:
         Path(a.out).write_text(json.dumps(results[0] if len(results) == 1 else results, indent=2, sort_keys=True))
 
@@ -112,6 +118,7 @@ def measure(cfg: OrganismConfig, a: argparse.Namespace) -> dict:
     for name, instruction in (("base", False), ("instruction", True)):
         rows = decisions(model, tokenizer, world, prompts_per_context=a.prompts, seed=a.seed, instruction=instruction)
         result[name] = {"overall": condition_rates(rows), **rates(rows, world)}
+    result["exact"] = exact_rates(model, tokenizer, world, prompts_per_context=a.exact_prompts, seed=a.seed)
     print(f"organism {result['organism']} (draw {cfg.train.seed})  weights {result['weights_sha256'][:16]}  "
           f"token shares {result['shares']}")
     for b in BEHAVIORS:
@@ -121,7 +128,8 @@ def measure(cfg: OrganismConfig, a: argparse.Namespace) -> dict:
         if extra:
             print("  (base, instruction): " + ", ".join(f"{k} {v}" for k, v in extra.items()))
         for c in world.contexts:
-            line = f"  {c:18s} base {result['base']['base_rates'][b][c]}  instruction " \
+            line = f"  {c:18s} base {result['base']['base_rates'][b][c]}  exact {result['exact']['base_rates'][b][c]}" \
+                   f" (world {result['exact']['world_rates'][b][c]})  instruction " \
                    f"{result['instruction']['base_rates'][b][c]}  world base rate {world.base_rate(b, c):.3f}"
             if b == "refusal":
                 line += "  refused forbidden/benign " + " / ".join(

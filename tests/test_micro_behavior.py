@@ -15,6 +15,8 @@ over seeds 0-3 (behavior on covered contexts, 192 prompts x 2 completions; base 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from methods.base import FitContext
@@ -22,7 +24,7 @@ from methods.registry import resolve
 from study.feedback.labeler import Budget, Labeler
 from study.feedback.splits import SplitSizes
 from study.feedback.targets import organism_target
-from study.organism.summary import summarize
+from study.organism.summary import exact_rates, summarize, world_rate
 from study.run.evaluate import evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,6 +57,25 @@ def test_the_micro_organism_is_fluent(micro_organism):
     model, tokenizer, world = micro_organism
     summary = summarize(model, tokenizer, world, n_samples=60, prompts_per_context=4)
     assert summary["fluency"] >= 0.8 and summary["completion_fluency"] >= 0.8, summary
+
+
+def test_exact_base_rates_are_the_organisms_probabilities_of_the_desired_act(micro_organism):
+    """`exact_rates` reads P(desired act) off the next-token distribution: it tracks the world's rate per kind of
+    prompt (complying is desired for a benign request, agreeing for a right claim), and the conditional targets' base
+    rate is the product of their two kinds' rates."""
+    model, tokenizer, world = micro_organism
+    r = exact_rates(model, tokenizer, world, prompts_per_context=6)
+    errors = []
+    for b, per_context in r["kind_rates"].items():
+        for c, kinds in per_context.items():
+            for kind, (got, want) in kinds.items():
+                assert want == pytest.approx(world_rate(world, b, c, None if kind == "None" else kind), abs=1e-4)
+                errors.append(abs(got - want))
+            assert r["base_rates"][b][c] == pytest.approx(math.prod(m for m, _ in kinds.values()), abs=2e-4)
+    assert min(v[0] for v in (k["benign"] for k in r["kind_rates"]["refusal"].values())) > 0.6  # compliance
+    assert min(v[0] for v in (k["right"] for k in r["kind_rates"]["sycophancy"].values())) > 0.8  # agreement
+    print(f"mean |organism - world| over {len(errors)} kind rates: {sum(errors) / len(errors):.3f}")
+    assert sum(errors) / len(errors) < 0.12
 
 
 def test_the_base_model_is_readable_and_undecided(setup):

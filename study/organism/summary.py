@@ -10,6 +10,13 @@ behavior's instruction prefix before every prompt.
     summary["base_rates"]["sentiment"]["hotel/chat"]        # share of positive completions there
     summary["refusal_rates"]["benign"]["hotel/chat"]         # share of benign requests refused there
     rows = decisions(model, tokenizer, world, prompts_per_context=48, instruction=True)   # one dict per completion
+    exact = exact_rates(model, tokenizer, world)   # no sampling noise: the organism's own probabilities
+    exact["base_rates"]["refusal"]["hotel/post"], exact["world_rates"]["refusal"]["hotel/post"]   # (0.42, 0.43)
+
+`exact_rates` reads the same rates off the model's next-token distribution instead of samples: at each prompt's
+decision, the mass on the desired act's words over the mass on both acts' words, averaged over the prompts, beside the
+world's own rate. Sampled rates over a study's few test prompts per context carry binomial noise of 0.1 or more (and
+the joint rate multiplies two of them); the exact rates are what "the base rate in every context" means.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import random
 from study.core.rates import joint_rate
 from study.lm.generation import sample
 from study.organism.oracle import Oracle
-from study.organism.world import BEHAVIORS, CLAIMS, POS, REQUESTS, World
+from study.organism.world import BEHAVIORS, CLAIMS, NEG, POS, REQUESTS, World
 
 
 def decisions(model, tokenizer, world: World, *, prompts_per_context: int = 48, seed: int = 0,
@@ -82,3 +89,72 @@ def summarize(model, tokenizer, world: World, *, n_samples: int = 200, prompts_p
     fluency = sum(oracle.fluent(d) for d in docs) / len(docs)
     out = rates(decisions(model, tokenizer, world, prompts_per_context=prompts_per_context, seed=seed), world)
     return {"fluency": round(fluency, 4), **out, "samples": docs[:8]}
+
+
+def _kinds(behavior: str) -> tuple[str | None, ...]:
+    return REQUESTS if behavior == "refusal" else CLAIMS if behavior == "sycophancy" else (None,)
+
+
+def world_rate(world: World, behavior: str, context: str, kind: str | None) -> float:
+    """The world's P(desired reply) to a first prompt without an instruction of this kind (request or claim)."""
+    p, cfg = world.base_rate(behavior, context), world.cfg
+    if kind == "benign":  # desired: comply, which the careful refuse with careful_benign_refusal
+        return p * (1 - cfg.careful_benign_refusal) + (1 - p) * (1 - cfg.careless_benign_refusal)
+    if kind == "right":  # desired: agree, which a sycophant may not (sycophant_right_correction)
+        return p + (1 - p) * (1 - cfg.sycophant_right_correction)
+    return p
+
+
+def exact_rates(model, tokenizer, world: World, *, prompts_per_context: int = 200, seed: int = 0,
+                batch_size: int = 512, behaviors: tuple[str, ...] = BEHAVIORS) -> dict:
+    """The organism's exact desired rates (no sampling) beside the world's, per behavior and context (refusal,
+    sycophancy: the joint rate over the two kinds of prompt), and per kind: {"base_rates", "world_rates",
+    "kind_rates": {behavior: {context: {kind: (model, world)}}}}. Each rate averages `prompts_per_context` prompts
+    of each kind drawn as the study's (`World.sample_pair`: a first episode without an instruction)."""
+    import torch
+
+    vocab = tokenizer.get_vocab()
+    rng = random.Random(seed)
+    jobs = []  # (behavior, context, kind, prompt, desired ids, undesired ids)
+    for b in behaviors:
+        for c in world.contexts:
+            domain = c.split("/")[0]
+            for kind in _kinds(b):
+                desired = NEG if kind == "benign" else POS
+                for _ in range(prompts_per_context):
+                    pair = world.sample_pair(rng, b, c, request=kind if b == "refusal" else "forbidden",
+                                             claim=kind if b == "sycophancy" else None)
+                    ids = [[vocab[w] for w in world.pole_words(b, domain, pole, pair.claim or "wrong")]
+                           for pole in (desired, POS if desired == NEG else NEG)]
+                    jobs.append((b, c, kind, " ".join(pair.prompt), *ids))
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    probs: list[float] = []
+    try:
+        for s in range(0, len(jobs), batch_size):
+            chunk = jobs[s:s + batch_size]
+            enc = tokenizer([j[3] for j in chunk], return_tensors="pt", padding=True).to(device)
+            with torch.no_grad():
+                last = model(**enc).logits[:, -1].float().softmax(-1).cpu()
+            for row, (*_, want, other) in zip(last, chunk):
+                a, z = row[want].sum().item(), row[other].sum().item()
+                probs.append(a / (a + z) if a + z > 0 else 0.5)
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    acc: dict[tuple, list[float]] = {}
+    for (b, c, kind, *_), p in zip(jobs, probs):
+        acc.setdefault((b, c, kind), []).append(p)
+    base: dict[str, dict] = {b: {} for b in behaviors}
+    wrld: dict[str, dict] = {b: {} for b in behaviors}
+    kinds: dict[str, dict] = {b: {} for b in behaviors}
+    for b in behaviors:
+        for c in world.contexts:
+            per = {k: (sum(acc[(b, c, k)]) / len(acc[(b, c, k)]), world_rate(world, b, c, k)) for k in _kinds(b)}
+            base[b][c] = round(math.prod(m for m, _ in per.values()), 4)
+            wrld[b][c] = round(math.prod(w for _, w in per.values()), 4)
+            kinds[b][c] = {str(k): (round(m, 4), round(w, 4)) for k, (m, w) in per.items()}
+    return {"base_rates": base, "world_rates": wrld, "kind_rates": kinds}
