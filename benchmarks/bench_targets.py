@@ -2,11 +2,14 @@
 
 Read from a results store (no model is run): for each target and organism draw,
 
-- `base min/max`: the base model's (`none` cells) desired rate per context, pooled over every `none` cell of the draw
-  (seeds and conditions; weighted by samples), lowest and highest over all contexts the store evaluated (covered and
-  held-out; refusal and sycophancy: the joint rate), among contexts with at least `--min-samples` samples (a covered
-  context is tested only at the anticipation levels that cover it; `base_samples` has every context's count).
-  Wanted: 0.25-0.65 everywhere.
+- `base min/max`: the base model's (`none` cells) desired rate per context, pooled over the draw's clean-labeler
+  `none` cells (seeds and anticipation levels; weighted by samples), lowest and highest over all contexts the store
+  evaluated (covered and held-out; refusal and sycophancy: the joint rate), among contexts with at least
+  `--min-samples` samples (a covered context is tested only at the anticipation levels that cover it; `base_samples`
+  has every context's count). Each sample counts once: a held-out context's samples are the same at every level
+  (same prompts, same sampling stream), and the `none` cells under a noisy or misspecified labeler repeat the clean
+  one's, so those are not pooled again. Wanted: 0.25-0.65 everywhere. `bench_world.py --study NAME` gives the exact
+  rates.
 - `instr`: instruction-only prompting (`prompting` at budget 0) on covered / held-out contexts. Wanted: at least 0.2
   below the threshold.
 - `top gains`: at the largest budget of the clean-labeler centre condition, each labeled method's covered gain over
@@ -47,6 +50,20 @@ def _cfg(cell: dict) -> dict:
             "misspec": c.get("labeler", {}).get("misspec", 0.0)}
 
 
+def _uncovered_contexts(samples: Path) -> set[str]:
+    """The contexts a cell tested as held-out (from its samples file; empty if it has none)."""
+    out: set[str] = set()
+    try:
+        with samples.open() as f:
+            for line in f:
+                s = json.loads(line)
+                if s.get("split") == "uncovered":
+                    out.add(s["context"])
+    except (OSError, ValueError, KeyError):
+        pass
+    return out
+
+
 def acceptance(results_dir: str | Path, threshold: float = 0.8, min_samples: int = 100) -> list[dict]:
     res = read_results(results_dir)
     rows_of: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
@@ -55,29 +72,34 @@ def acceptance(results_dir: str | Path, threshold: float = 0.8, min_samples: int
     cells = []
     for rid, cell in res.cells.items():
         info = _cfg(cell)
-        if info["coverage"] != "anticipation" or (info["method"] != "none" and (info["noise"] or info["misspec"])):
-            continue  # the base model is the same under every labeler: all its cells pool into the base rates
+        if info["coverage"] != "anticipation" or info["noise"] or info["misspec"]:
+            continue  # the clean-labeler cells (a `none` cell under another labeler repeats the clean one's samples)
         contexts = {}
         path = res.cells_dir / f"{rid}.json"
         try:
             contexts = json.loads(path.read_text()).get("contexts") or {}
         except (OSError, ValueError):
             pass
-        cells.append({**info, "rows": rows_of[rid], "contexts": contexts})
+        cells.append({**info, "run_id": rid, "rows": rows_of[rid], "contexts": contexts})
     out = []
     for (target, draw) in sorted({(c["target"], c["draw"]) for c in cells}):
         mine = [c for c in cells if c["target"] == target and c["draw"] == draw]
         base = [c for c in mine if c["method"] == "none"]
         per_ctx: dict[str, list[tuple[float, int]]] = defaultdict(list)
-        for c in base:
+        held_seen: set[tuple] = set()
+        for c in sorted(base, key=lambda c: (c["seed"], c["anticipation"])):
+            held = _uncovered_contexts(res.cells_dir / f"{c['run_id']}.samples.jsonl")
             for ctx, metrics in c["contexts"].items():
+                if ctx in held:  # the same prompts and sampling stream at every anticipation: count them once
+                    if (c["seed"], ctx) in held_seen:
+                        continue
+                    held_seen.add((c["seed"], ctx))
                 v = metrics.get("behavior")
                 if isinstance(v, list) and v[0] is not None and not math.isnan(v[0]) and v[1]:
                     per_ctx[ctx].append((v[0], v[1]))
         ctx_n = {k: sum(n for _, n in v) for k, v in per_ctx.items()}
         all_means = {k: sum(x * n for x, n in v) / sum(n for _, n in v) for k, v in per_ctx.items() if v}
         ctx_means = {k: m for k, m in all_means.items() if ctx_n[k] >= min_samples}
-        base = [c for c in base if not (c["noise"] or c["misspec"])]
         instr = [c for c in mine if c["method"] == "prompting" and c["budget"] == 0]
         base_by = {(c["seed"], c["anticipation"]): c["rows"] for c in base}
         labeled = [c for c in mine if c["method"] not in UNLABELED]
