@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Test processes (pytest-xdist; each test file runs whole in one of them). 2 suits a 2-core machine.
+TEST_WORKERS ?= 2
 
 .PHONY: study test setup clean
 
@@ -22,7 +24,7 @@ study: $(STAMP)
 	$(BIN)/study report --results results/default --out reports
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV)
