@@ -104,6 +104,9 @@ def test_seeds_are_nested_in_draws_so_draws_share_no_split_labels_or_samples():
     assert prompts[0] != prompts[1] != prompts[2] and len(set(map(tuple, orders.values()))) > 1
     keys = {cell_mod.drift_key(c) for c in cells if c.model == "organism" and c.target == "sentiment"}
     assert len(keys) == 6  # a drift baseline per (draw, seed)
+    for bad in (f"seeds=[{grid_mod.DRAW_STRIDE}]", "seeds=[-1]"):  # would repeat another draw's run seed
+        with pytest.raises(ConfigError, match="seeds"):
+            load_study("micro", [bad])
 
 
 @pytest.mark.parametrize("value,needle", [

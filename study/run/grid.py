@@ -46,7 +46,7 @@ from typing import Any
 from study.core.config import from_dict, to_dict
 from study.core.errors import ConfigError, UserError
 from study.core.provenance import code_fingerprint
-from study.run.study_config import ModelSpec, StudyConfig
+from study.run.study_config import DRAW_STRIDE, ModelSpec, StudyConfig
 from study.organism.pretrain import OrganismConfig
 from methods import base as methods_base, stacking as methods_stacking
 from methods.registry import part_config, resolve, split_variant
@@ -55,7 +55,6 @@ from study.feedback.catalog import resolve_target
 
 # Bump when the meaning of a stored cell changes (every id changes with it). 2: seeds nested in organism draws.
 CELL_VERSION = 2
-DRAW_STRIDE = 1_000_003  # run seed = seed + DRAW_STRIDE * draw
 
 
 def run_seed(config: dict[str, Any]) -> int:

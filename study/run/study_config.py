@@ -25,6 +25,8 @@ from study.feedback.labeler import LabelerConfig
 from study.organism.pretrain import OrganismConfig
 from study.feedback.targets import SplitSizes
 
+DRAW_STRIDE = 1_000_003  # a cell of organism draw d runs at seed + DRAW_STRIDE * d (study.run.grid.run_seed)
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -128,6 +130,9 @@ class StudyConfig:
         check(bool(self.name.strip()), "name", self.name, "must not be empty")
         for name in ("methods", "targets", "budgets", "anticipations", "labeler_noise", "labeler_misspec", "seeds"):
             _unique(name, getattr(self, name))
+        for s in self.seeds:
+            check(0 <= s < DRAW_STRIDE, "seeds", s, f"must be an integer in [0, {DRAW_STRIDE}) (a cell runs at seed + "
+                  f"{DRAW_STRIDE} x draw, study.run.grid.run_seed, so a larger one would repeat another draw's)")
         if self.organism_draws is not None:
             _unique("organism_draws", self.organism_draws)
             for d in self.organism_draws:
