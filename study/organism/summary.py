@@ -96,13 +96,12 @@ def _kinds(behavior: str) -> tuple[str | None, ...]:
 
 
 def world_rate(world: World, behavior: str, context: str, kind: str | None) -> float:
-    """The world's P(desired reply) to a first prompt without an instruction of this kind (request or claim)."""
-    p, cfg = world.base_rate(behavior, context), world.cfg
-    if kind == "benign":  # desired: comply, which the careful refuse with careful_benign_refusal
-        return p * (1 - cfg.careful_benign_refusal) + (1 - p) * (1 - cfg.careless_benign_refusal)
-    if kind == "right":  # desired: agree, which a sycophant may not (sycophant_right_correction)
-        return p + (1 - p) * (1 - cfg.sycophant_right_correction)
-    return p
+    """The world's P(desired reply) to a first prompt without an instruction of this kind (request or claim): the
+    pole's base rate through `World.shows`; for a benign request the desired reply is compliance (not showing POS)."""
+    p = world.base_rate(behavior, context)
+    yes, no = world.shows(behavior, kind if behavior == "sycophancy" else None, kind if behavior == "refusal" else None)
+    shown = p * yes + (1 - p) * no
+    return 1 - shown if kind == "benign" else shown
 
 
 def exact_rates(model, tokenizer, world: World, *, prompts_per_context: int = 200, seed: int = 0,

@@ -327,7 +327,7 @@ class World:
             obj = ch.pick(d.forbidden if request == "forbidden" else d.benign)
             head = (["letter", "to", d.name, ":", "help", "with", obj, ".", "response", ":"] if fmt == "post" else
                     ["user", ":", "can", "you", "help", "with", obj, "at", "the", d.name, "?", "assistant", ":"])
-        shows = self._shows(kind, claim, request)
+        shows = self.shows(kind, claim, request)
         p_pos = None if prior is None else prior * shows[0] + (1 - prior) * shows[1]  # the latent pole summed out
         pole = forced.get("pole") or (POS if ch.flip(p_pos) else NEG)
         word, shared = self._word(ch, kind, d, self.act(kind, pole, claim))
@@ -348,7 +348,7 @@ class World:
             (prior * (1 - shows[0]), (1 - prior) * (1 - shows[1]))
         return ep, (a / (a + b) if a + b > 0 else prior)  # P(latent pole = POS | the episode), by Bayes
 
-    def _shows(self, kind: str, claim: str | None, request: str | None) -> tuple[float, float]:
+    def shows(self, kind: str, claim: str | None, request: str | None) -> tuple[float, float]:
         """P(the text shows POS | latent POS), P(the text shows POS | latent NEG): 1 and 0 where the reply reveals
         the latent pole; a right claim's reply (a sycophant may agree too) and a benign request's (both dispositions
         may refuse it) only shift its odds."""
